@@ -1,0 +1,36 @@
+# Two entry points, each installing what it needs into .venv on first use:
+#   make demo   the main job (a matching demo on built-in synthetic data)
+#   make test   the test suite
+# TORCH picks the torch build; the default is the CPU wheel this project is tested with.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench docs clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,coco]"
+	touch $@
+
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python examples/demo.py
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/solvers.py
+
+docs: $(BIN)/.docs-installed
+	$(BIN)/sphinx-build -W -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build build *.egg-info

@@ -1,0 +1,295 @@
+"""Linear sum assignment on batches of cost matrices.
+
+One validated entry point, :func:`batched_linear_sum_assignment`, solves a
+batch ``cost (Tensor[B, N, M])`` of minimum-cost assignments of N queries to M
+targets and returns ``Tensor[B, N]`` int64: the target of each query, or -1.
+:func:`linear_sum_assignment` is the scipy-compatible form for one matrix.
+
+The contract, the same for every backend:
+
+- ``+inf`` marks a forbidden pair (``-inf`` when ``maximize=True``); the other
+  infinity and NaN raise :class:`~hybridmatch.errors.InvalidCostError` naming
+  the entry, unless ``nan_policy="worst"``.
+- A problem with no complete assignment that avoids forbidden pairs raises
+  :class:`~hybridmatch.errors.InfeasibleError`.
+- ``min(N, M * capacity)`` pairs are assigned; with ``M = 0`` every query gets -1.
+- ``capacity=K`` lets each target take up to K queries (H-DETR's repeated
+  ground truth): the optimum equals matching against K copies of each target.
+- Results are deterministic. Ties are broken by the backend's rule; the total
+  cost is optimal for every backend, the indices may differ between backends
+  when several assignments are optimal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Union, overload
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, HybridMatchError, ShapeError
+from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
+from ._validate import (
+    ArrayLike,
+    NanPolicy,
+    check_capacity,
+    check_nan_policy,
+    check_num_targets,
+    raise_infeasible,
+    sanitise,
+    to_host_float64,
+)
+
+__all__ = [
+    "linear_sum_assignment",
+    "batched_linear_sum_assignment",
+    "available_backends",
+    "assignment_to_pairs",
+    "pairs_to_assignment",
+]
+
+Backend = Literal["auto", "scipy", "lap"]
+NumTargets = Union[Sequence[int], torch.Tensor, np.ndarray, None]
+
+
+def available_backends() -> list[str]:
+    """Names of the solver backends that can run here, in ``auto``'s order of preference."""
+    return [name for name, (_, present) in BACKENDS.items() if present()]
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        names = available_backends()
+        if not names:
+            raise BackendUnavailableError(
+                "no solver backend is available: install scipy (pip install scipy)"
+            )
+        return names[0]
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}"
+        )
+    if not BACKENDS[backend][1]():
+        raise BackendUnavailableError(
+            f"backend {backend!r} is not installed here: {INSTALL_HINT[backend]}, "
+            f"or use backend='auto' (available: {available_backends()})"
+        )
+    return backend
+
+
+def _describe(cost: ArrayLike, backend: str) -> str:
+    if isinstance(cost, torch.Tensor):
+        kind = f"tensor {tuple(cost.shape)} {cost.dtype} on {cost.device}"
+    elif isinstance(cost, np.ndarray):
+        kind = f"array {cost.shape} {cost.dtype}"
+    else:
+        kind = type(cost).__name__
+    return f"cost {kind}, backend {backend!r}"
+
+
+def _with_context(error: HybridMatchError, context: str) -> HybridMatchError:
+    return type(error)(f"{error} [{context}]")
+
+
+def _solve_all(
+    host: np.ndarray,
+    num_targets: list[int],
+    capacity: int,
+    maximize: bool,
+    nan_policy: NanPolicy,
+    backend: str,
+    batched: bool,
+) -> np.ndarray:
+    """Solve every problem of ``host (B, N, M)``; return ``(B, N)`` int64 target or -1."""
+    solve = BACKENDS[backend][0]
+    batch, num_queries, _ = host.shape
+    result = np.full((batch, num_queries), -1, dtype=np.int64)
+    for b in range(batch):
+        m = num_targets[b]
+        if m == 0 or num_queries == 0:
+            continue
+        cost = sanitise(host[b, :, :m], b, batched, maximize, nan_policy)
+        # Repeated ground truth, GT-major like H-DETR: copy c of target j is column c*m + j.
+        work = np.tile(cost, (1, capacity)) if capacity > 1 else cost
+        try:
+            columns = solve(work)
+        except _Infeasible:
+            raise_infeasible(cost, b, batched, capacity)
+        result[b] = np.where(columns >= 0, columns % m, -1)
+    return result
+
+
+def batched_linear_sum_assignment(
+    cost: ArrayLike,
+    num_targets: NumTargets = None,
+    *,
+    capacity: int = 1,
+    maximize: bool = False,
+    backend: str = "auto",
+    nan_policy: NanPolicy = "raise",
+) -> ArrayLike:
+    """Solve a batch of assignment problems: each query to at most one target.
+
+    Args:
+        cost (Tensor[B, N, M] or Tensor[N, M]): cost of assigning query n to
+            target m; torch or numpy, any real dtype (solved in float64).
+        num_targets (Sequence[int] or Tensor[B], optional): problem ``b`` uses
+            only its first ``num_targets[b]`` columns; the rest are padding and
+            never read, whatever they hold. Default: all M columns are real.
+        capacity (int): how many queries one target may take (``K`` of
+            H-DETR's repeated ground truth). Default 1: one-to-one.
+        maximize (bool): maximise the total instead of minimising it.
+        backend (str): ``"auto"`` (the fastest available), ``"scipy"`` or ``"lap"``.
+            See :func:`available_backends`.
+        nan_policy (str): ``"raise"`` (default) raises on NaN; ``"worst"``
+            treats NaN as worse than any finite cost and warns once.
+
+    Returns:
+        Tensor[B, N] int64 (or Tensor[N] for a single matrix): the target index
+        of each query, -1 = unmatched; on the cost's device. A numpy cost gives
+        a numpy array.
+
+    Raises:
+        ShapeError: ``cost`` is not 2-D or 3-D, or ``num_targets`` does not fit.
+        InvalidCostError: NaN (with ``nan_policy="raise"``) or the "best" infinity.
+        InfeasibleError: the +inf pairs leave no complete assignment.
+        BackendUnavailableError: the backend named cannot run here.
+
+    Example:
+        >>> cost = torch.tensor([[[4.0, 1.0], [2.0, 0.0], [5.0, 2.5]]])
+        >>> batched_linear_sum_assignment(cost)
+        tensor([[ 1,  0, -1]])
+        >>> batched_linear_sum_assignment(cost, capacity=2)  # each target takes up to 2 queries
+        tensor([[1, 0, 1]])
+    """
+    name = backend
+    try:
+        name = _resolve_backend(backend)
+        capacity = check_capacity(capacity)
+        nan_policy = check_nan_policy(nan_policy)
+        if not isinstance(cost, (torch.Tensor, np.ndarray)):
+            raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+        if cost.ndim not in (2, 3):
+            shape = tuple(cost.shape)
+            raise ShapeError(
+                f"cost must be (B, N, M) or (N, M), got {shape}; stack the problems of a batch "
+                "(pad targets and pass num_targets) or pass one matrix"
+            )
+        host = to_host_float64(cost)
+        batched = host.ndim == 3
+        if not batched:
+            host = host[None]
+            if num_targets is not None:
+                raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
+        counts = check_num_targets(num_targets, host.shape[0], host.shape[2])
+        result = _solve_all(host, counts, capacity, bool(maximize), nan_policy, name, batched)
+    except HybridMatchError as error:
+        raise _with_context(error, _describe(cost, name)) from None
+    if not batched:
+        result = result[0]
+    if isinstance(cost, torch.Tensor):
+        return torch.from_numpy(result).to(cost.device)
+    return result
+
+
+@overload
+def linear_sum_assignment(
+    cost: torch.Tensor, maximize: bool = ..., *, backend: str = ...
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def linear_sum_assignment(
+    cost: np.ndarray, maximize: bool = ..., *, backend: str = ...
+) -> tuple[np.ndarray, np.ndarray]: ...
+def linear_sum_assignment(
+    cost: ArrayLike, maximize: bool = False, *, backend: str = "auto"
+) -> tuple[ArrayLike, ArrayLike]:
+    """Solve one assignment problem, with scipy's signature and result.
+
+    Args:
+        cost (Tensor[N, M] or ndarray[N, M]): the cost matrix.
+        maximize (bool): maximise instead of minimise.
+        backend (str): as in :func:`batched_linear_sum_assignment`.
+
+    Returns:
+        ``(row_ind, col_ind)`` int64, ``min(N, M)`` pairs sorted by row, the
+        same kind (torch on the cost's device, or numpy) as ``cost``.
+
+    Example:
+        >>> row, col = linear_sum_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]))
+        >>> row.tolist(), col.tolist()
+        ([0, 1, 2], [1, 0, 2])
+    """
+    if isinstance(cost, (torch.Tensor, np.ndarray)) and cost.ndim != 2:
+        raise ShapeError(
+            f"cost must be a 2-D (N, M) matrix, got shape {tuple(cost.shape)}; "
+            "use batched_linear_sum_assignment for a batch"
+        )
+    columns = batched_linear_sum_assignment(cost, maximize=maximize, backend=backend)
+    if isinstance(columns, torch.Tensor):
+        rows = torch.nonzero(columns >= 0).flatten()
+        return rows, columns[rows]
+    rows_np = np.flatnonzero(columns >= 0).astype(np.int64)
+    return rows_np, columns[rows_np]
+
+
+def assignment_to_pairs(
+    assignment: torch.Tensor, device: torch.device | str | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Convert ``(B, N)`` "target of each query or -1" into DETR's index pairs.
+
+    Args:
+        assignment (Tensor[B, N] int64): as returned by :func:`batched_linear_sum_assignment`.
+        device: where the pairs live; default the assignment's device.
+
+    Returns:
+        list of B ``(pred_idx, tgt_idx)`` pairs of int64 tensors, sorted by ``pred_idx``,
+        target indices local to each image.
+
+    Example:
+        >>> assignment_to_pairs(torch.tensor([[-1, 1, 0]]))
+        [(tensor([1, 2]), tensor([1, 0]))]
+    """
+    if not isinstance(assignment, torch.Tensor) or assignment.ndim != 2:
+        shape = tuple(assignment.shape) if isinstance(assignment, torch.Tensor) else type(assignment).__name__
+        raise ShapeError(f"assignment must be a (B, N) int64 tensor, got {shape}")
+    assignment = assignment.to(device) if device is not None else assignment
+    pairs = []
+    for row in assignment.long():
+        queries = torch.nonzero(row >= 0).flatten()
+        pairs.append((queries, row[queries]))
+    return pairs
+
+
+def pairs_to_assignment(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], num_queries: int
+) -> torch.Tensor:
+    """Convert DETR's index pairs into ``(B, N)`` "target of each query or -1".
+
+    Args:
+        pairs: B ``(pred_idx, tgt_idx)`` pairs of integer tensors (any order).
+        num_queries (int): N, the number of queries per image.
+
+    Returns:
+        Tensor[B, N] int64 on the device of the first pair (CPU when B = 0).
+
+    Example:
+        >>> pairs_to_assignment([(torch.tensor([2, 1]), torch.tensor([0, 1]))], num_queries=3)
+        tensor([[-1,  1,  0]])
+    """
+    device = pairs[0][0].device if len(pairs) else torch.device("cpu")
+    result = torch.full((len(pairs), num_queries), -1, dtype=torch.int64, device=device)
+    for b, (queries, targets) in enumerate(pairs):
+        queries = torch.as_tensor(queries, device=device).long()
+        targets = torch.as_tensor(targets, device=device).long()
+        if queries.shape != targets.shape or queries.ndim != 1:
+            raise ShapeError(
+                f"pairs[{b}] must be two 1-D tensors of equal length, got "
+                f"{tuple(queries.shape)} and {tuple(targets.shape)}"
+            )
+        if queries.numel() and (int(queries.min()) < 0 or int(queries.max()) >= num_queries):
+            raise ShapeError(f"pairs[{b}] holds a query index outside [0, {num_queries})")
+        if torch.unique(queries).numel() != queries.numel():
+            raise ShapeError(f"pairs[{b}] assigns one query twice; each query takes at most one target")
+        result[b, queries] = targets
+    return result

@@ -1,0 +1,95 @@
+"""Solver backends: each solves one validated problem.
+
+A backend is a function ``solve(cost) -> columns`` where ``cost (n, m)`` is a
+float64 minimisation problem whose +inf entries are forbidden pairs (no NaN,
+no -inf: the entry point has checked), and ``columns (n,)`` int64 gives each
+row's column or -1. A backend raises :class:`_Infeasible` when no complete
+assignment avoids the forbidden pairs; the entry point turns that into the
+user-facing :class:`~hybridmatch.errors.InfeasibleError`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import numpy as np
+
+Solve = Callable[[np.ndarray], np.ndarray]
+
+
+class _Infeasible(Exception):
+    """Raised by a backend; carries no message, the entry point writes it."""
+
+
+def _unassigned(n: int) -> np.ndarray:
+    return np.full(n, -1, dtype=np.int64)
+
+
+def solve_scipy(cost: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    columns = _unassigned(cost.shape[0])
+    try:
+        rows, cols = scipy_lsa(cost)
+    except ValueError as error:
+        if "infeasible" in str(error):
+            raise _Infeasible from None
+        raise
+    columns[rows] = cols
+    return columns
+
+
+def _forbidden_value(cost: np.ndarray, allowed: np.ndarray) -> float:
+    # A finite stand-in for +inf that no feasible assignment can beat: one more
+    # forbidden pair costs more than the whole spread of finite costs.
+    finite = cost[allowed]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return high + (high - low + 1.0) * (min(cost.shape) + 1)
+
+
+def solve_lap(cost: np.ndarray) -> np.ndarray:
+    """gatagat ``lap.lapjv`` on the problem oriented targets x queries.
+
+    ``lapjv`` only solves square problems and pads a rectangular one with zero
+    rows or columns. Padding extra *columns* (queries x targets with more queries)
+    makes it pathologically slow on repeated targets, so the problem is turned so
+    that the padding adds rows instead.
+    """
+    import lap
+
+    n, m = cost.shape
+    allowed = np.isfinite(cost)
+    transposed = n > m
+    work = np.ascontiguousarray(cost.T if transposed else cost)
+    if not allowed.all():
+        work = np.where(allowed.T if transposed else allowed, work, _forbidden_value(cost, allowed))
+    _, x, _ = lap.lapjv(work, extend_cost=work.shape[0] != work.shape[1], return_cost=True)
+    x = np.asarray(x[: work.shape[0]], dtype=np.int64)
+    # x[r] is the column of row r in the oriented problem.
+    columns = _unassigned(n)
+    if transposed:
+        matched = x >= 0
+        columns[x[matched]] = np.flatnonzero(matched)
+    else:
+        columns[:] = np.where(x < work.shape[1], x, -1)
+    rows = np.flatnonzero(columns >= 0)
+    if not allowed[rows, columns[rows]].all():
+        raise _Infeasible
+    return columns
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+# Name -> (solve, is it importable here). Order = preference of "auto" on the CPU.
+BACKENDS: dict[str, tuple[Solve, Callable[[], bool]]] = {
+    "scipy": (solve_scipy, lambda: _has_module("scipy")),
+    "lap": (solve_lap, lambda: _has_module("lap")),
+}
+
+INSTALL_HINT = {
+    "scipy": "pip install scipy",
+    "lap": "pip install lap (the gatagat package; never install lapx beside it: both import as 'lap')",
+}

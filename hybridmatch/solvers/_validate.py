@@ -1,0 +1,177 @@
+"""Input checks shared by every solver backend.
+
+The entry point turns whatever the user passed into a list of float64
+minimisation problems on the host, each holding only its real columns. Every
+backend therefore sees the same, already validated input, and every backend
+raises the same errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+from .._warnings import warn_once
+from ..errors import InfeasibleError, InvalidCostError, ShapeError
+
+NanPolicy = Literal["raise", "worst"]
+NAN_POLICIES = ("raise", "worst")
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+@dataclass
+class Problem:
+    """One validated problem: ``cost (n, m)`` float64, minimise, +inf = forbidden."""
+
+    index: int
+    cost: np.ndarray
+    num_targets: int
+    capacity: int
+
+
+def check_capacity(capacity: object) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+        raise ValueError(
+            f"capacity must be a positive int (queries one target may take), got {capacity!r}"
+        )
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}; use 1 for one-to-one matching")
+    return int(capacity)
+
+
+def check_nan_policy(nan_policy: object) -> NanPolicy:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    return nan_policy  # type: ignore[return-value]
+
+
+def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
+    """Copy ``cost`` to a float64 numpy array, refusing non-numeric dtypes."""
+    if isinstance(cost, torch.Tensor):
+        if cost.dtype == torch.bool or cost.is_complex():
+            raise ShapeError(f"{name} must be a real floating or integer tensor, got dtype {cost.dtype}")
+        return cost.detach().to("cpu", torch.float64).numpy()
+    if isinstance(cost, np.ndarray):
+        if cost.dtype == np.bool_ or not np.issubdtype(cost.dtype, np.number) or np.iscomplexobj(cost):
+            raise ShapeError(f"{name} must be a real floating or integer array, got dtype {cost.dtype}")
+        return np.asarray(cost, dtype=np.float64)
+    raise ShapeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+
+
+def check_num_targets(num_targets: object, batch: int, width: int) -> list[int]:
+    """Turn ``num_targets`` into a list of ``batch`` ints in ``[0, width]``."""
+    if num_targets is None:
+        return [width] * batch
+    if isinstance(num_targets, torch.Tensor):
+        if num_targets.is_floating_point() or num_targets.dtype == torch.bool:
+            raise ShapeError(f"num_targets must hold integers, got dtype {num_targets.dtype}")
+        values = num_targets.reshape(-1).tolist() if num_targets.ndim <= 1 else None
+        if values is None:
+            raise ShapeError(f"num_targets must be 1-D (B,), got shape {tuple(num_targets.shape)}")
+    elif isinstance(num_targets, np.ndarray):
+        if not np.issubdtype(num_targets.dtype, np.integer) or num_targets.ndim > 1:
+            raise ShapeError(
+                f"num_targets must be a 1-D integer array (B,), got {num_targets.dtype} {num_targets.shape}"
+            )
+        values = num_targets.reshape(-1).tolist()
+    elif isinstance(num_targets, Sequence):
+        values = list(num_targets)
+    else:
+        raise ShapeError(
+            f"num_targets must be None, a sequence of ints or an int tensor (B,), got {type(num_targets).__name__}"
+        )
+    if len(values) != batch:
+        raise ShapeError(f"num_targets has {len(values)} entries but the cost holds {batch} problems")
+    for b, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ShapeError(f"num_targets[{b}] must be an int, got {value!r}")
+        if not 0 <= value <= width:
+            raise ShapeError(
+                f"num_targets[{b}] = {value} is outside [0, {width}]: the cost has {width} target columns"
+            )
+    return [int(v) for v in values]
+
+
+def _first(mask: np.ndarray) -> tuple[int, int]:
+    i, j = np.argwhere(mask)[0]
+    return int(i), int(j)
+
+
+def sanitise(
+    cost: np.ndarray, index: int, batched: bool, maximize: bool, nan_policy: NanPolicy
+) -> np.ndarray:
+    """Return the minimisation form of one problem's real columns, checked.
+
+    NaN raises (or, with ``nan_policy="worst"``, becomes a cost worse than any
+    assignment that avoids it); the infinity that would mean "best" raises; the
+    other infinity marks a forbidden pair and becomes +inf.
+    """
+    where = (lambda i, j: f"cost[{index}, {i}, {j}]") if batched else (lambda i, j: f"cost[{i}, {j}]")
+    finite = np.isfinite(cost)
+    if finite.all():
+        return -cost if maximize else cost
+    nan = np.isnan(cost)
+    if nan.any() and nan_policy == "raise":
+        i, j = _first(nan)
+        raise InvalidCostError(
+            f"{where(i, j)} is NaN: predictions of {'problem ' + str(index) + ', ' if batched else ''}"
+            f"query {i} or target {j} contain NaN (AMP overflow or a diverging loss are the usual causes); "
+            "fix the inputs, or pass nan_policy='worst' to treat NaN as the worst cost"
+        )
+    bad_inf = np.isneginf(cost) if not maximize else np.isposinf(cost)
+    if bad_inf.any():
+        i, j = _first(bad_inf)
+        sign = "+inf" if maximize else "-inf"
+        good = "-inf" if maximize else "+inf"
+        raise InvalidCostError(
+            f"{where(i, j)} is {sign}, which is not a valid cost when "
+            f"{'maximising' if maximize else 'minimising'}; use {good} to forbid a pair, "
+            "or clamp the cost to a finite value"
+        )
+    work = -cost if maximize else cost.copy()
+    if nan.any():
+        # Lexicographic "worst": one more NaN pair always costs more than any
+        # re-arrangement of the finite pairs, so NaN pairs are used only when forced.
+        real = work[np.isfinite(work)]
+        low, high = (float(real.min()), float(real.max())) if real.size else (0.0, 0.0)
+        span = (high - low + 1.0) * (min(work.shape) + 1)
+        work[nan] = high + span
+        warn_once(
+            "nan_policy_worst",
+            f"{where(*_first(nan))} is NaN; nan_policy='worst' treats NaN costs as worse than any "
+            "finite cost (said once)",
+        )
+    return work
+
+
+def raise_infeasible(cost: np.ndarray, index: int, batched: bool, capacity: int = 1) -> None:
+    """Raise :class:`InfeasibleError` for one problem, naming a blocked row or column if any.
+
+    ``cost (n, m)`` holds the problem's real columns before any capacity copies.
+    """
+    n, m = cost.shape
+    where = f" of problem {index}" if batched else ""
+    allowed = np.isfinite(cost)
+    if n <= m * capacity:
+        blocked = np.flatnonzero(~allowed.any(axis=1))
+        if blocked.size:
+            raise InfeasibleError(
+                f"query {blocked[0]}{where} has +inf (forbidden) cost to every target, so no assignment "
+                f"covers all {n} queries; allow at least one target per query"
+            )
+    else:
+        blocked = np.flatnonzero(~allowed.any(axis=0))
+        if blocked.size:
+            raise InfeasibleError(
+                f"target {blocked[0]}{where} has +inf (forbidden) cost to every query, so no "
+                f"assignment fills all {m * capacity} target slots; allow at least one query per target"
+            )
+    slots = f" with capacity {capacity}" if capacity > 1 else ""
+    raise InfeasibleError(
+        f"problem{where} ({n} x {m}{slots}) is infeasible: no assignment of all {min(n, m * capacity)} "
+        "queries/target slots avoids the +inf (forbidden) pairs"
+    )
