@@ -6,9 +6,20 @@ The package root re-exports what users type most; every module keeps its own
 
 from __future__ import annotations
 
+from .attention import (
+    denoising_hybrid_mask,
+    expand_mask,
+    group_attention_mask,
+    hybrid_attention_mask,
+    to_additive_mask,
+    to_sdpa_mask,
+)
 from .costs import CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
+from .criterion import HybridCriterion, KeyMap
+from .distributed import global_num_boxes
 from .errors import (
     BackendUnavailableError,
+    ConfigurationError,
     HybridMatchError,
     HybridMatchWarning,
     InfeasibleError,
@@ -17,7 +28,8 @@ from .errors import (
     InvalidTargetError,
     ShapeError,
 )
-from .matchers import HungarianMatcher
+from .matchers import GroupMatcher, HungarianMatcher, OneToManyMatcher, TopKMatcher
+from .schemes import HybridBranch, HybridEpoch, HybridLayer
 from .solvers import (
     assignment_to_pairs,
     available_backends,
@@ -31,26 +43,42 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "ConfigurationError",
     "CostSum",
     "FocalClassCost",
     "GIoUCost",
+    "GroupMatcher",
     "HungarianMatcher",
+    "HybridBranch",
+    "HybridCriterion",
+    "HybridEpoch",
+    "HybridLayer",
     "HybridMatchError",
     "HybridMatchWarning",
     "InfeasibleError",
     "InvalidCostError",
     "InvalidPredictionError",
     "InvalidTargetError",
+    "KeyMap",
     "L1BoxCost",
+    "OneToManyMatcher",
     "PaddedTargets",
     "ShapeError",
     "SoftmaxClassCost",
+    "TopKMatcher",
+    "__version__",
     "assignment_to_pairs",
     "available_backends",
     "batched_linear_sum_assignment",
+    "denoising_hybrid_mask",
+    "expand_mask",
+    "global_num_boxes",
+    "group_attention_mask",
+    "hybrid_attention_mask",
     "linear_sum_assignment",
     "pad_targets",
     "pairs_to_assignment",
     "repeat_targets",
-    "__version__",
+    "to_additive_mask",
+    "to_sdpa_mask",
 ]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_cxcywh_to_xyxy, pairwise_giou
-from .errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
 
 __all__ = [
     "softmax_class_cost",
@@ -220,7 +220,7 @@ class CostSum(Cost):
                     f"as cost"
                 )
         if not flat:
-            raise ValueError("CostSum needs at least one (weight, cost) term, got none")
+            raise ConfigurationError("CostSum needs at least one (weight, cost) term, got none")
         self.terms: tuple[tuple[float, Cost], ...] = tuple(flat)
 
     def __call__(self, outputs: Mapping[str, Tensor], targets: TargetBatch) -> Tensor:
@@ -385,9 +385,9 @@ def _check_box_inputs(
 
 def _check_focal_settings(alpha: float, gamma: float) -> None:
     if not _is_finite_real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"focal cost: alpha must be a real number in [0, 1], got {alpha!r}")
+        raise ConfigurationError(f"focal cost: alpha must be a real number in [0, 1], got {alpha!r}")
     if not _is_finite_real(gamma) or gamma < 0.0:
-        raise ValueError(f"focal cost: gamma must be a finite real number >= 0, got {gamma!r}")
+        raise ConfigurationError(f"focal cost: gamma must be a finite real number >= 0, got {gamma!r}")
 
 
 def _is_finite_real(value: object) -> bool:
@@ -396,7 +396,7 @@ def _is_finite_real(value: object) -> bool:
 
 def _check_weight(weight: object) -> float:
     if not _is_finite_real(weight):
-        raise ValueError(
+        raise ConfigurationError(
             f"cost weights must be finite real numbers, got {weight!r} ({type(weight).__name__})"
         )
     return float(weight)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "HybridMatchError",
+    "ConfigurationError",
     "ShapeError",
     "InvalidCostError",
     "InfeasibleError",
@@ -22,6 +23,10 @@ __all__ = [
 
 class HybridMatchError(Exception):
     """Base class of every error raised by hybridmatch."""
+
+
+class ConfigurationError(HybridMatchError, ValueError):
+    """A setting is out of range: a weight, K, a fraction, a backend or policy name."""
 
 
 class ShapeError(HybridMatchError, ValueError):

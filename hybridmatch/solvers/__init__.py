@@ -28,7 +28,7 @@ from typing import Literal, Union, overload
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailableError, HybridMatchError, ShapeError
+from ..errors import BackendUnavailableError, ConfigurationError, HybridMatchError, ShapeError
 from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
 from ._validate import (
     ArrayLike,
@@ -67,7 +67,7 @@ def _resolve_backend(backend: str) -> str:
             )
         return names[0]
     if backend not in BACKENDS:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}"
         )
     if not BACKENDS[backend][1]():

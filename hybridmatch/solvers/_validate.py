@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._warnings import warn_once
-from ..errors import InfeasibleError, InvalidCostError, ShapeError
+from ..errors import ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
 
 NanPolicy = Literal["raise", "worst"]
 NAN_POLICIES = ("raise", "worst")
@@ -35,17 +35,17 @@ class Problem:
 
 def check_capacity(capacity: object) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
-        raise ValueError(
+        raise ConfigurationError(
             f"capacity must be a positive int (queries one target may take), got {capacity!r}"
         )
     if capacity < 1:
-        raise ValueError(f"capacity must be >= 1, got {capacity}; use 1 for one-to-one matching")
+        raise ConfigurationError(f"capacity must be >= 1, got {capacity}; use 1 for one-to-one matching")
     return int(capacity)
 
 
 def check_nan_policy(nan_policy: object) -> NanPolicy:
     if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        raise ConfigurationError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     return nan_policy  # type: ignore[return-value]
 
 

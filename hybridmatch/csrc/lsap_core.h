@@ -1,0 +1,222 @@
+// hybridmatch: the shortest-augmenting-path assignment algorithm, written once.
+//
+// Compiled twice: by the C++ compiler for the CPU target (csrc/cpu), one thread per
+// problem, and by nvcc for the CUDA target (csrc/cuda), one thread block per problem.
+// The control flow below is shared; the two targets differ only in the `Exec` policy
+// that runs a loop over columns (sequentially, or strided over the threads of a block
+// followed by a block-wide argmin) and in where the workspace lives.
+//
+// The problem. `rows` rows, each of which must take `demand` columns; `cols` columns,
+// each taken by at most one row; rows * demand <= cols. With the batch's queries x
+// targets cost C (N x M) and capacity K:
+//   - M * K <= N ("targets side"): rows are the M targets (demand K), columns the N
+//     queries. Each target is one node of capacity K: the K copies of H-DETR's repeated
+//     ground truth are never materialised, and a target reached by a shortest-path
+//     search settles all of its matched queries at once.
+//   - M * K > N ("queries side"): rows are the N queries (demand 1), columns the M * K
+//     target slots (slot s is target s % M); every query is matched.
+//
+// The algorithm is the Jonker-Volgenant / Crouse shortest augmenting path method
+// (as in scipy's rectangular solver): for each unit of demand, a Dijkstra search in
+// the residual graph with reduced costs c - u - v, then an augmentation along the
+// path and a dual update. Distances and duals are double whatever the input dtype.
+//
+// Tie-breaking, deterministic: the next column settled is the one with the smallest
+// distance; among equal distances a free column first, then the lowest column index.
+// Demand is served round-robin: every row's first unit, then every row's second, ...
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define HM_HD __host__ __device__
+#else
+#define HM_HD
+#endif
+
+namespace hybridmatch {
+
+// Status codes shared by both targets and turned into Python errors by the binding.
+enum Status : int64_t {
+  kOk = 0,
+  kNaN = 1,          // detail: (query, target) of the first NaN
+  kBadInfinity = 2,  // -inf when minimising, +inf when maximising; detail as above
+  kInfeasible = 3,   // detail: (-1, -1)
+};
+
+struct Result {
+  int64_t status;
+  int64_t query;
+  int64_t target;
+};
+
+// Per-problem workspace. Columns: distance, dual v, predecessor row, owner row,
+// settled flag. Rows: dual u, the augmentation that last reached the row, the column
+// it was entered by, and its `demand` assigned columns.
+struct Workspace {
+  double* dist;
+  double* v;
+  int32_t* pred;
+  int32_t* owner;
+  uint8_t* settled;
+  double* u;
+  int32_t* seen;
+  int32_t* entry;
+  int32_t* assigned;  // rows * demand, -1 = not yet
+};
+
+// The view of one problem that the algorithm reads: cost(row, col) in the
+// minimisation form, +inf = forbidden.
+struct Problem {
+  const double* cost;  // rows x row_stride, row-contiguous
+  int64_t row_stride;
+  int32_t rows;
+  int32_t cols;
+  int32_t demand;
+  int32_t slot_width;  // queries side: M (column s reads cost[row, s % M]); else 0
+
+  HM_HD double at(int32_t row, int32_t col) const {
+    const int32_t c = slot_width > 0 ? col % slot_width : col;
+    return cost[row * row_stride + c];
+  }
+};
+
+constexpr double kInf = __builtin_huge_val();
+
+// One augmentation from `start`. Returns false when the residual graph has no path
+// (the problem is infeasible). `Exec` provides:
+//   exec.for_cols(n, f)               f(j) for j in [0, n), then a barrier
+//   exec.argmin_cols(n, key, free)    calls key(j) once for every j in [0, n) (key may
+//                                     update column j) and returns the j of smallest
+//                                     key(j) < +inf; ties: free(j) first, then lowest j;
+//                                     -1 when none. The result is seen by all threads.
+//   exec.single(f)                    f() once (one thread), then a barrier
+//   exec.shared_int(), shared_double()  a scalar visible to every thread
+template <typename Exec>
+HM_HD bool augment(Exec& exec, const Problem& p, Workspace& w, int32_t start, int32_t stamp) {
+  const int32_t cols = p.cols;
+  exec.for_cols(cols, [&](int32_t j) {
+    w.dist[j] = kInf;
+    w.settled[j] = 0;
+  });
+  int32_t& row = exec.shared_int(0);
+  int32_t& sink = exec.shared_int(1);
+  double& min_val = exec.shared_double(0);
+  exec.single([&] {
+    row = start;
+    sink = -1;
+    min_val = 0.0;
+    w.seen[start] = stamp;
+    w.entry[start] = -1;
+  });
+  while (true) {
+    const int32_t i = row;
+    const double base = min_val - w.u[i];
+    // The row's other matched columns lie at distance min_val (their reduced cost is
+    // zero): settle them now instead of popping them one search step at a time.
+    if (p.demand > 1) {
+      exec.single([&] {
+        for (int32_t s = 0; s < p.demand; ++s) {
+          const int32_t c = w.assigned[i * p.demand + s];
+          if (c >= 0 && !w.settled[c]) {
+            w.settled[c] = 1;
+            w.dist[c] = min_val;
+            w.pred[c] = i;
+          }
+        }
+      });
+    }
+    // One pass over the columns: relax from row i and find the next column to settle.
+    const int32_t next = exec.argmin_cols(
+        cols,
+        [&](int32_t j) -> double {
+          if (w.settled[j]) return kInf;
+          const double reduced = base + p.at(i, j) - w.v[j];
+          if (reduced < w.dist[j]) {
+            w.dist[j] = reduced;
+            w.pred[j] = i;
+          }
+          return w.dist[j];
+        },
+        [&](int32_t j) { return w.owner[j] < 0; });
+    if (next < 0) return false;
+    exec.single([&] {
+      min_val = w.dist[next];
+      w.settled[next] = 1;
+      const int32_t owner = w.owner[next];
+      if (owner < 0) {
+        sink = next;
+      } else {
+        row = owner;
+        w.seen[owner] = stamp;
+        w.entry[owner] = next;
+      }
+    });
+    if (sink >= 0) break;
+  }
+  // Duals: rows reached at distance dist[entry] move by min_val - that distance,
+  // settled columns by the opposite; matched edges keep reduced cost zero.
+  const double final_val = min_val;
+  exec.for_cols(cols, [&](int32_t j) {
+    if (w.settled[j]) w.v[j] -= final_val - w.dist[j];
+  });
+  exec.single([&] {
+    for (int32_t r = 0; r < p.rows; ++r) {
+      if (w.seen[r] != stamp) continue;
+      w.u[r] += r == start ? final_val : final_val - w.dist[w.entry[r]];
+    }
+    // Augment along the path: each row on it trades its entry column for the next.
+    int32_t j = sink;
+    while (true) {
+      const int32_t i = w.pred[j];
+      w.owner[j] = i;
+      int32_t* slots = w.assigned + i * p.demand;
+      if (i == start) {
+        for (int32_t s = 0; s < p.demand; ++s) {
+          if (slots[s] < 0) {
+            slots[s] = j;
+            break;
+          }
+        }
+        break;
+      }
+      const int32_t previous = w.entry[i];
+      for (int32_t s = 0; s < p.demand; ++s) {
+        if (slots[s] == previous) {
+          slots[s] = j;
+          break;
+        }
+      }
+      j = previous;
+    }
+  });
+  return true;
+}
+
+// Solve one problem: every row takes `demand` columns. Returns false if infeasible.
+template <typename Exec>
+HM_HD bool solve(Exec& exec, const Problem& p, Workspace& w) {
+  exec.for_cols(p.cols, [&](int32_t j) {
+    w.v[j] = 0.0;
+    w.owner[j] = -1;
+  });
+  exec.single([&] {
+    for (int32_t r = 0; r < p.rows; ++r) {
+      w.u[r] = 0.0;
+      w.seen[r] = -1;
+    }
+    for (int32_t s = 0; s < p.rows * p.demand; ++s) w.assigned[s] = -1;
+  });
+  int32_t stamp = 0;
+  for (int32_t unit = 0; unit < p.demand; ++unit) {
+    for (int32_t r = 0; r < p.rows; ++r) {
+      if (!augment(exec, p, w, r, stamp++)) return false;
+    }
+  }
+  return true;
+}
+
+// Which side becomes the rows, for a real problem of N queries, M targets, capacity K.
+HM_HD inline bool targets_are_rows(int64_t n, int64_t m, int64_t k) { return m * k <= n; }
+
+}  // namespace hybridmatch
