@@ -28,12 +28,15 @@ from typing import Literal, Union, overload
 import numpy as np
 import torch
 
+from .._warnings import warn_once
 from ..errors import BackendUnavailableError, ConfigurationError, HybridMatchError, ShapeError
+from . import _native
 from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
 from ._validate import (
     ArrayLike,
     NanPolicy,
     check_capacity,
+    check_dtype,
     check_nan_policy,
     check_num_targets,
     raise_infeasible,
@@ -49,26 +52,55 @@ __all__ = [
     "pairs_to_assignment",
 ]
 
-Backend = Literal["auto", "scipy", "lap"]
+Backend = Literal["auto", "cuda", "native", "scipy", "lap"]
+NATIVE = ("cuda", "native")
 NumTargets = Union[Sequence[int], torch.Tensor, np.ndarray, None]
 
 
 def available_backends() -> list[str]:
-    """Names of the solver backends that can run here, in ``auto``'s order of preference."""
-    return [name for name, (_, present) in BACKENDS.items() if present()]
+    """Names of the solver backends that can run here, in ``auto``'s order of preference.
+
+    ``cuda`` is listed when torch sees a GPU and the CUDA toolkit is installed,
+    ``native`` when a C++ compiler is; both compile on first use (once, cached).
+    """
+    names = [name for name, missing in (("cuda", _native.cuda_missing), ("native", _native.cpu_missing)) if missing() is None]
+    return names + [name for name, (_, present) in BACKENDS.items() if present()]
 
 
-def _resolve_backend(backend: str) -> str:
+def _native_ready(name: str) -> BackendUnavailableError | None:
+    """Build (once) and load a native backend; the reason it cannot run, if it cannot."""
+    try:
+        (_native.cuda_module if name == "cuda" else _native.cpu_module)()
+    except BackendUnavailableError as error:
+        return error
+    return None
+
+
+def _resolve_backend(backend: str, on_cuda: bool) -> str:
     if backend == "auto":
-        names = available_backends()
+        candidates = (["cuda"] if on_cuda else []) + ["native"]
+        for name in candidates:
+            reason = _native_ready(name)
+            if reason is None:
+                return name
+            warn_once(f"auto_fallback_{name}", f"backend='auto' skips {name!r}: {reason} (said once)")
+        names = [name for name, (_, present) in BACKENDS.items() if present()]
         if not names:
-            raise BackendUnavailableError(
-                "no solver backend is available: install scipy (pip install scipy)"
-            )
+            raise BackendUnavailableError("no solver backend is available: install scipy (pip install scipy)")
         return names[0]
+    if backend in NATIVE:
+        reason = _native_ready(backend)
+        if reason is not None:
+            raise reason
+        if backend == "cuda" and not on_cuda:
+            raise ShapeError(
+                "backend 'cuda' solves a cost that is on a CUDA device, got one on the CPU; "
+                "move it with cost.cuda(), or use backend='native'"
+            )
+        return backend
     if backend not in BACKENDS:
         raise ConfigurationError(
-            f"unknown backend {backend!r}; choose one of {['auto', *BACKENDS]}"
+            f"unknown backend {backend!r}; choose one of {['auto', *NATIVE, *BACKENDS]}"
         )
     if not BACKENDS[backend][1]():
         raise BackendUnavailableError(
@@ -120,6 +152,40 @@ def _solve_all(
     return result
 
 
+def _solve_native(
+    cost: torch.Tensor,
+    num_targets: list[int],
+    capacity: int,
+    maximize: bool,
+    nan_policy: NanPolicy,
+    backend: str,
+    batched: bool,
+) -> torch.Tensor:
+    """One native call for the whole batch; problems it flags go through the shared checks.
+
+    The native core reports NaN, a bad infinity or infeasibility per problem; such a
+    problem is then checked on the host by the same code as every other backend, so the
+    errors are identical, and with ``nan_policy="worst"`` it is solved again sanitised.
+    """
+    if not cost.is_floating_point():
+        cost = cost.double()
+    if backend == "native":
+        cost = cost.detach().cpu()
+    assignment, status = _native.solve_batch(cost, num_targets, capacity, maximize, backend)
+    for b in torch.nonzero(status[:, 0] != _native.OK).flatten().tolist():
+        m = num_targets[b]
+        real = to_host_float64(cost[b, :, :m])
+        work = sanitise(real, b, batched, maximize, nan_policy)  # raises unless NaN is allowed
+        if int(status[b, 0]) != _native.INFEASIBLE:
+            fixed = torch.from_numpy(work).to(cost.device)[None]
+            again, again_status = _native.solve_batch(fixed, [m], capacity, False, backend)
+            if int(again_status[0, 0]) == _native.OK:
+                assignment[b] = again[0]
+                continue
+        raise_infeasible(work, b, batched, capacity)
+    return assignment
+
+
 def batched_linear_sum_assignment(
     cost: ArrayLike,
     num_targets: NumTargets = None,
@@ -140,7 +206,9 @@ def batched_linear_sum_assignment(
         capacity (int): how many queries one target may take (``K`` of
             H-DETR's repeated ground truth). Default 1: one-to-one.
         maximize (bool): maximise the total instead of minimising it.
-        backend (str): ``"auto"`` (the fastest available), ``"scipy"`` or ``"lap"``.
+        backend (str): ``"auto"`` (the fastest available: ``"cuda"`` for a cost on a GPU,
+            else ``"native"``, falling back to ``"scipy"`` with one warning), ``"cuda"``,
+            ``"native"`` (C++, threads over the batch), ``"scipy"`` or ``"lap"``.
             See :func:`available_backends`.
         nan_policy (str): ``"raise"`` (default) raises on NaN; ``"worst"``
             treats NaN as worse than any finite cost and warns once.
@@ -165,32 +233,38 @@ def batched_linear_sum_assignment(
     """
     name = backend
     try:
-        name = _resolve_backend(backend)
         capacity = check_capacity(capacity)
         nan_policy = check_nan_policy(nan_policy)
         if not isinstance(cost, (torch.Tensor, np.ndarray)):
             raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+        check_dtype(cost)
         if cost.ndim not in (2, 3):
             shape = tuple(cost.shape)
             raise ShapeError(
                 f"cost must be (B, N, M) or (N, M), got {shape}; stack the problems of a batch "
                 "(pad targets and pass num_targets) or pass one matrix"
             )
-        host = to_host_float64(cost)
-        batched = host.ndim == 3
-        if not batched:
-            host = host[None]
-            if num_targets is not None:
-                raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
-        counts = check_num_targets(num_targets, host.shape[0], host.shape[2])
-        result = _solve_all(host, counts, capacity, bool(maximize), nan_policy, name, batched)
+        batched = cost.ndim == 3
+        if not batched and num_targets is not None:
+            raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
+        on_cuda = isinstance(cost, torch.Tensor) and cost.is_cuda
+        name = _resolve_backend(backend, on_cuda)
+        problems = cost if batched else cost[None]
+        counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
+        if name in NATIVE:
+            tensor = problems if isinstance(problems, torch.Tensor) else torch.from_numpy(problems)
+            native = _solve_native(tensor, counts, capacity, bool(maximize), nan_policy, name, batched)
+            result = native.to(cost.device) if isinstance(cost, torch.Tensor) else native.numpy()
+        else:
+            host = to_host_float64(problems)
+            result = _solve_all(host, counts, capacity, bool(maximize), nan_policy, name, batched)
     except HybridMatchError as error:
         raise _with_context(error, _describe(cost, name)) from None
     if not batched:
         result = result[0]
     if isinstance(cost, torch.Tensor):
-        return torch.from_numpy(result).to(cost.device)
-    return result
+        return torch.as_tensor(result).to(cost.device)
+    return np.asarray(result)
 
 
 @overload

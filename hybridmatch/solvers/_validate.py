@@ -49,17 +49,24 @@ def check_nan_policy(nan_policy: object) -> NanPolicy:
     return nan_policy  # type: ignore[return-value]
 
 
-def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
-    """Copy ``cost`` to a float64 numpy array, refusing non-numeric dtypes."""
+def check_dtype(cost: ArrayLike, name: str = "cost") -> None:
+    """Refuse non-numeric dtypes (bool, complex, object)."""
     if isinstance(cost, torch.Tensor):
         if cost.dtype == torch.bool or cost.is_complex():
             raise ShapeError(f"{name} must be a real floating or integer tensor, got dtype {cost.dtype}")
-        return cost.detach().to("cpu", torch.float64).numpy()
-    if isinstance(cost, np.ndarray):
+    elif isinstance(cost, np.ndarray):
         if cost.dtype == np.bool_ or not np.issubdtype(cost.dtype, np.number) or np.iscomplexobj(cost):
             raise ShapeError(f"{name} must be a real floating or integer array, got dtype {cost.dtype}")
-        return np.asarray(cost, dtype=np.float64)
-    raise ShapeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+    else:
+        raise ShapeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+
+
+def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
+    """Copy ``cost`` to a float64 numpy array, refusing non-numeric dtypes."""
+    check_dtype(cost, name)
+    if isinstance(cost, torch.Tensor):
+        return cost.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(cost, dtype=np.float64)
 
 
 def check_num_targets(num_targets: object, batch: int, width: int) -> list[int]:
