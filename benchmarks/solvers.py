@@ -386,7 +386,16 @@ def machine_info() -> dict:
         "scipy": scipy.__version__,
         "lap": getattr(lap, "__version__", None) if lap is not None else None,
         "hybridmatch_backends": available_backends(),
+        # Other work on the machine skews timings; a load near the CPU count is a warning sign.
+        "load_average_at_start": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -451,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, shape in enumerate(args.shapes):
         records.extend(bench_shape(shape, args, seed=args.seed + 1000 * i))
     print_table(records)
+    info["load_average_at_end"] = _load_average()
+    print(f"load average (1, 5, 15 min): {info['load_average_at_start']} at start, "
+          f"{info['load_average_at_end']} at end, on {info['cpu_count']} CPUs")
 
     failures = [r for r in records if r.ms_median is not None and not r.same_total]
     if args.json is not None:

@@ -75,8 +75,17 @@ def check_valid(columns: np.ndarray, cost: np.ndarray, capacity: int = 1) -> flo
     return float(cost[rows, columns[rows]].sum())
 
 
+def solve(cost, *args, backend: str, **kwargs):
+    """Run a backend on ``cost`` on the device it needs; the result comes back as ``cost``'s kind."""
+    if backend != "cuda":
+        return batched_linear_sum_assignment(cost, *args, backend=backend, **kwargs)
+    tensor = torch.as_tensor(cost).cuda()
+    result = batched_linear_sum_assignment(tensor, *args, backend=backend, **kwargs).cpu()
+    return result.numpy() if isinstance(cost, np.ndarray) else result
+
+
 def solve_np(cost: np.ndarray, backend: str, **kwargs) -> np.ndarray:
-    return batched_linear_sum_assignment(cost, backend=backend, **kwargs)
+    return solve(cost, backend=backend, **kwargs)
 
 
 # ----------------------------------------------------------------- optimality
@@ -127,7 +136,7 @@ def test_detr_shaped_problem_with_repeated_targets(backend: str) -> None:
 def test_float32_input_is_within_float32_rounding(backend: str) -> None:
     rng = np.random.default_rng(1)
     cost32 = rng.normal(size=(4, 60, 15)).astype(np.float32)
-    result = batched_linear_sum_assignment(torch.from_numpy(cost32), backend=backend).numpy()
+    result = solve(torch.from_numpy(cost32), backend=backend).numpy()
     for b in range(4):
         exact = cost32[b].astype(np.float64)
         total = check_valid(result[b], exact)
@@ -170,9 +179,9 @@ def test_repeated_identical_columns(backend: str) -> None:
 def test_same_answer_on_every_run(backend: str) -> None:
     rng = np.random.default_rng(2)
     cost = torch.from_numpy(rng.integers(0, 3, size=(3, 50, 12)).astype(np.float32))
-    first = batched_linear_sum_assignment(cost, backend=backend, capacity=3)
+    first = solve(cost, backend=backend, capacity=3)
     for _ in range(3):
-        assert torch.equal(batched_linear_sum_assignment(cost, backend=backend, capacity=3), first)
+        assert torch.equal(solve(cost, backend=backend, capacity=3), first)
 
 
 # ------------------------------------------------------------ padding, batching
@@ -188,10 +197,10 @@ def test_padded_batch_equals_each_problem_alone(backend: str, batch) -> None:
         padded[b, :, m:] = np.nan
         if padded.shape[1] and padded.shape[2] > m:
             padded[b, 0, m] = -INF
-    together = batched_linear_sum_assignment(torch.from_numpy(padded), counts, backend=backend)
+    together = solve(torch.from_numpy(padded), counts, backend=backend)
     assert together.shape == cost.shape[:2]
     for b, m in enumerate(counts):
-        alone = batched_linear_sum_assignment(torch.from_numpy(cost[b, :, :m].copy()), backend=backend)
+        alone = solve(torch.from_numpy(cost[b, :, :m].copy()), backend=backend)
         assert torch.equal(together[b], alone)
 
 
@@ -213,9 +222,10 @@ def test_permuting_queries_permutes_the_assignment(backend: str, cost: np.ndarra
 def test_batched_equals_loop_of_single_calls(backend: str) -> None:
     rng = np.random.default_rng(3)
     cost = torch.from_numpy(rng.random((6, 30, 8)))
-    together = batched_linear_sum_assignment(cost, backend=backend)
+    together = solve(cost, backend=backend)
     for b in range(6):
-        rows, cols = linear_sum_assignment(cost[b], backend=backend)
+        single = cost[b].cuda() if backend == "cuda" else cost[b]
+        rows, cols = (t.cpu() for t in linear_sum_assignment(single, backend=backend))
         expected = torch.full((30,), -1, dtype=torch.int64)
         expected[rows] = cols
         assert torch.equal(together[b], expected)
@@ -244,7 +254,7 @@ def test_minus_inf_is_the_forbidden_pair_when_maximising(backend: str) -> None:
 def test_infeasible_problem_names_the_blocked_query(backend: str) -> None:
     cost = np.array([[[1.0, 2.0, 3.0], [INF, INF, INF]]])
     with pytest.raises(InfeasibleError, match=r"query 1 of problem 0 has \+inf.*every target"):
-        batched_linear_sum_assignment(cost, backend=backend)
+        solve(cost, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -267,7 +277,7 @@ def test_infeasible_without_a_fully_blocked_line(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_infeasibility_ignores_padding(backend: str) -> None:
     cost = np.array([[[1.0, INF], [2.0, INF]]])
-    assert batched_linear_sum_assignment(cost, [1], backend=backend).tolist() == [[0, -1]]
+    assert solve(cost, [1], backend=backend).tolist() == [[0, -1]]
 
 
 # ------------------------------------------------------------------------ NaN
@@ -278,7 +288,7 @@ def test_nan_raises_naming_problem_query_and_target(backend: str) -> None:
     cost = torch.zeros(4, 20, 6)
     cost[3, 17, 5] = float("nan")
     with pytest.raises(InvalidCostError, match=r"cost\[3, 17, 5\] is NaN.*nan_policy='worst'") as info:
-        batched_linear_sum_assignment(cost, backend=backend)
+        solve(cost, backend=backend)
     # The entry point adds the call's context once.
     assert "(4, 20, 6)" in str(info.value) and repr(backend) in str(info.value)
     assert isinstance(info.value, ValueError)
@@ -297,12 +307,12 @@ def test_nan_policy_worst_avoids_nan_and_warns_once(backend: str) -> None:
     # Query 0's NaN entry would be free under a NaN -> 0 patch; "worst" avoids it.
     cost = np.array([[[np.nan, 9.0], [1.0, 1.0], [8.0, 1.0]]])
     with pytest.warns(HybridMatchWarning, match="NaN"):
-        first = batched_linear_sum_assignment(cost, backend=backend, nan_policy="worst")
+        first = solve(cost, backend=backend, nan_policy="worst")
     # Query 0 -> target 1 and query 1 -> target 0 would total 10; queries 1 and 2 total 2.
     assert first.tolist() == [[-1, 0, 1]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        batched_linear_sum_assignment(cost, backend=backend, nan_policy="worst")
+        solve(cost, backend=backend, nan_policy="worst")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -319,7 +329,7 @@ def test_nan_policy_worst_uses_nan_only_when_forced(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(2, 5, 0), (2, 0, 3), (0, 4, 3), (5, 0)])
 def test_empty_dimensions(backend: str, shape: tuple[int, ...]) -> None:
-    result = batched_linear_sum_assignment(torch.zeros(shape), backend=backend)
+    result = solve(torch.zeros(shape), backend=backend)
     assert result.shape == shape[:-1]
     assert result.dtype == torch.int64
     assert (result == -1).all()

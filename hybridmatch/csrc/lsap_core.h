@@ -65,37 +65,64 @@ struct Workspace {
   int32_t* assigned;  // rows * demand, -1 = not yet
 };
 
-// The view of one problem that the algorithm reads: cost(row, col) in the
-// minimisation form, +inf = forbidden.
+// The view of one problem that the algorithm reads: sign * cost(row, col), the
+// minimisation form (sign -1 when maximising); +inf = forbidden.
+template <typename T>
 struct Problem {
-  const double* cost;  // rows x row_stride, row-contiguous
+  const T* cost;  // rows x row_stride, row-contiguous
   int64_t row_stride;
   int32_t rows;
   int32_t cols;
   int32_t demand;
   int32_t slot_width;  // queries side: M (column s reads cost[row, s % M]); else 0
+  double sign;
 
   HM_HD double at(int32_t row, int32_t col) const {
     const int32_t c = slot_width > 0 ? col % slot_width : col;
-    return cost[row * row_stride + c];
+    return sign * static_cast<double>(cost[row * row_stride + c]);
   }
 };
+
+// Orient one real problem (N queries, M targets, capacity K) for the algorithm.
+// `by_targets`: cost points at the targets x queries layout (row stride N), else at
+// the queries x targets layout (row stride `stride`, the padded M).
+template <typename T>
+HM_HD Problem<T> orient(const T* cost, int64_t n, int64_t m, int64_t stride, int64_t k, bool by_targets,
+                         double sign) {
+  Problem<T> p;
+  p.cost = cost;
+  p.sign = sign;
+  if (by_targets) {
+    p.rows = static_cast<int32_t>(m);
+    p.cols = static_cast<int32_t>(n);
+    p.row_stride = n;
+    p.demand = static_cast<int32_t>(k);
+    p.slot_width = 0;
+  } else {
+    p.rows = static_cast<int32_t>(n);
+    p.cols = static_cast<int32_t>(m * k);
+    p.row_stride = stride;
+    p.demand = 1;
+    p.slot_width = static_cast<int32_t>(m);
+  }
+  return p;
+}
 
 constexpr double kInf = __builtin_huge_val();
 
 // One augmentation from `start`. Returns false when the residual graph has no path
 // (the problem is infeasible). `Exec` provides:
-//   exec.for_cols(n, f)               f(j) for j in [0, n), then a barrier
+//   exec.for_each(n, f)               f(j) for j in [0, n), then a barrier
 //   exec.argmin_cols(n, key, free)    calls key(j) once for every j in [0, n) (key may
 //                                     update column j) and returns the j of smallest
 //                                     key(j) < +inf; ties: free(j) first, then lowest j;
 //                                     -1 when none. The result is seen by all threads.
 //   exec.single(f)                    f() once (one thread), then a barrier
 //   exec.shared_int(), shared_double()  a scalar visible to every thread
-template <typename Exec>
-HM_HD bool augment(Exec& exec, const Problem& p, Workspace& w, int32_t start, int32_t stamp) {
+template <typename Exec, typename T>
+HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start, int32_t stamp) {
   const int32_t cols = p.cols;
-  exec.for_cols(cols, [&](int32_t j) {
+  exec.for_each(cols, [&](int32_t j) {
     w.dist[j] = kInf;
     w.settled[j] = 0;
   });
@@ -157,14 +184,13 @@ HM_HD bool augment(Exec& exec, const Problem& p, Workspace& w, int32_t start, in
   // Duals: rows reached at distance dist[entry] move by min_val - that distance,
   // settled columns by the opposite; matched edges keep reduced cost zero.
   const double final_val = min_val;
-  exec.for_cols(cols, [&](int32_t j) {
+  exec.for_each(cols, [&](int32_t j) {
     if (w.settled[j]) w.v[j] -= final_val - w.dist[j];
   });
+  exec.for_each(p.rows, [&](int32_t r) {
+    if (w.seen[r] == stamp) w.u[r] += r == start ? final_val : final_val - w.dist[w.entry[r]];
+  });
   exec.single([&] {
-    for (int32_t r = 0; r < p.rows; ++r) {
-      if (w.seen[r] != stamp) continue;
-      w.u[r] += r == start ? final_val : final_val - w.dist[w.entry[r]];
-    }
     // Augment along the path: each row on it trades its entry column for the next.
     int32_t j = sink;
     while (true) {
@@ -194,19 +220,17 @@ HM_HD bool augment(Exec& exec, const Problem& p, Workspace& w, int32_t start, in
 }
 
 // Solve one problem: every row takes `demand` columns. Returns false if infeasible.
-template <typename Exec>
-HM_HD bool solve(Exec& exec, const Problem& p, Workspace& w) {
-  exec.for_cols(p.cols, [&](int32_t j) {
+template <typename Exec, typename T>
+HM_HD bool solve(Exec& exec, const Problem<T>& p, Workspace& w) {
+  exec.for_each(p.cols, [&](int32_t j) {
     w.v[j] = 0.0;
     w.owner[j] = -1;
   });
-  exec.single([&] {
-    for (int32_t r = 0; r < p.rows; ++r) {
-      w.u[r] = 0.0;
-      w.seen[r] = -1;
-    }
-    for (int32_t s = 0; s < p.rows * p.demand; ++s) w.assigned[s] = -1;
+  exec.for_each(p.rows, [&](int32_t r) {
+    w.u[r] = 0.0;
+    w.seen[r] = -1;
   });
+  exec.for_each(p.rows * p.demand, [&](int32_t s) { w.assigned[s] = -1; });
   int32_t stamp = 0;
   for (int32_t unit = 0; unit < p.demand; ++unit) {
     for (int32_t r = 0; r < p.rows; ++r) {

@@ -60,10 +60,10 @@ def cuda_missing() -> str | None:
 def _load(name: str, sources: list[Path], cuda: bool) -> ModuleType:
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3", "-std=c++17"]
+    flags = ["-O3"]
     kwargs: dict = {"extra_cflags": flags}
     if cuda:
-        kwargs["extra_cuda_cflags"] = ["-O3", "-std=c++17", "--use_fast_math"]
+        kwargs["extra_cuda_cflags"] = ["-O3"]
     verbose = os.environ.get("HYBRIDMATCH_VERBOSE_BUILD", "") not in ("", "0")
     return load(name=name, sources=[str(s) for s in sources], verbose=verbose, **kwargs)
 

@@ -16,7 +16,7 @@ struct CpuExec {
   double doubles[1];
 
   template <typename F>
-  void for_cols(int32_t n, F f) {
+  void for_each(int32_t n, F f) {
     for (int32_t j = 0; j < n; ++j) f(j);
   }
   template <typename Key, typename Free>
@@ -93,21 +93,7 @@ Result solve_one(const scalar_t* cost, int64_t n, int64_t m, int64_t m_real, int
   const bool by_targets = targets_are_rows(n, m_real, capacity);
   Result status = load(cost, n, m, m_real, by_targets, maximize, buffers.cost);
   if (status.status != kOk) return status;
-  Problem p;
-  p.cost = buffers.cost.data();
-  if (by_targets) {
-    p.rows = static_cast<int32_t>(m_real);
-    p.cols = static_cast<int32_t>(n);
-    p.row_stride = n;
-    p.demand = static_cast<int32_t>(capacity);
-    p.slot_width = 0;
-  } else {
-    p.rows = static_cast<int32_t>(n);
-    p.cols = static_cast<int32_t>(m_real * capacity);
-    p.row_stride = m_real;
-    p.demand = 1;
-    p.slot_width = static_cast<int32_t>(m_real);
-  }
+  const Problem<double> p = orient(buffers.cost.data(), n, m_real, m_real, capacity, by_targets, 1.0);
   Workspace w = buffers.reserve(p.rows, p.cols, p.demand);
   CpuExec exec;
   if (!solve(exec, p, w)) return Result{kInfeasible, -1, -1};
