@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 from .errors import HybridMatchWarning
 
 _seen: set[str] = set()
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
-def warn_once(key: str, message: str, *, stacklevel: int = 3) -> None:
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside hybridmatch, so warnings point at user code."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_once(key: str, message: str) -> None:
     """Emit ``message`` as a :class:`HybridMatchWarning` the first time ``key`` is seen."""
     if key in _seen:
         return
     _seen.add(key)
-    warnings.warn(message, HybridMatchWarning, stacklevel=stacklevel)
+    warnings.warn(message, HybridMatchWarning, stacklevel=_caller_stacklevel())
 
 
 def reset_warnings() -> None:

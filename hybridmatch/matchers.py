@@ -189,8 +189,9 @@ class OneToManyMatcher(HungarianMatcher):
 
     Args:
         k (int): queries per target, >= 1 (H-DETR: 6).
-        cost_class, cost_bbox, cost_giou, class_cost, focal_alpha, focal_gamma, cost,
-            backend, nan_policy: as in :class:`HungarianMatcher`.
+        **settings: ``cost_class``, ``cost_bbox``, ``cost_giou``, ``class_cost``,
+            ``focal_alpha``, ``focal_gamma``, ``cost``, ``backend``, ``nan_policy``:
+            as in :class:`HungarianMatcher`.
 
     Example:
         >>> matcher = OneToManyMatcher(k=2)

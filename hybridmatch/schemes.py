@@ -213,7 +213,6 @@ class Scheme(abc.ABC):
             f"needs K * max_targets = {needed} queries but only {capacity} are supervised "
             f"one-to-many, so {needed - capacity} copies of its ground truth go unmatched; "
             f"use more one-to-many queries (>= {needed}) or {smaller_k}",
-            stacklevel=3,
         )
 
     def _one2many_capacity(self) -> int | None:
@@ -516,7 +515,6 @@ class HybridEpoch(Scheme):
                 f"{self.total_epochs} rounds to {self._one2many_epochs} one-to-many epochs, "
                 f"so the scheme trains one-to-many {phase}; pick a fraction that leaves at "
                 f"least one epoch in each phase",
-                stacklevel=3,
             )
 
     @property

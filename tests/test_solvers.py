@@ -144,6 +144,17 @@ def test_float32_input_is_within_float32_rounding(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
+def test_low_precision_and_integer_costs(backend: str, dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(4)
+    cost = torch.from_numpy(rng.normal(size=(2, 20, 6)) * 8).to(dtype)
+    exact = cost.double().numpy()  # the values every backend sees, widened exactly
+    result = solve(cost, backend=backend, capacity=2).numpy()
+    for b in range(2):
+        assert check_valid(result[b], exact[b], 2) == pytest.approx(reference_total(exact[b], 2), abs=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(cost=cost_matrices(max_rows=6, max_cols=6, min_rows=1, min_cols=1))
 def test_maximize_is_minimising_the_negation(backend: str, cost: np.ndarray) -> None:
     total = check_valid(solve_np(cost, backend, maximize=True), cost)
@@ -306,8 +317,9 @@ def test_minus_inf_raises(backend: str) -> None:
 def test_nan_policy_worst_avoids_nan_and_warns_once(backend: str) -> None:
     # Query 0's NaN entry would be free under a NaN -> 0 patch; "worst" avoids it.
     cost = np.array([[[np.nan, 9.0], [1.0, 1.0], [8.0, 1.0]]])
-    with pytest.warns(HybridMatchWarning, match="NaN"):
+    with pytest.warns(HybridMatchWarning, match="NaN") as record:
         first = solve(cost, backend=backend, nan_policy="worst")
+    assert record[0].filename == __file__  # the warning points at the caller, not the library
     # Query 0 -> target 1 and query 1 -> target 0 would total 10; queries 1 and 2 total 2.
     assert first.tolist() == [[-1, 0, 1]]
     with warnings.catch_warnings():

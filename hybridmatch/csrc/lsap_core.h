@@ -154,18 +154,24 @@ HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start,
       });
     }
     // One pass over the columns: relax from row i and find the next column to settle.
-    const int32_t next = exec.argmin_cols(
-        cols,
-        [&](int32_t j) -> double {
-          if (w.settled[j]) return kInf;
-          const double reduced = base + p.at(i, j) - w.v[j];
-          if (reduced < w.dist[j]) {
-            w.dist[j] = reduced;
-            w.pred[j] = i;
-          }
-          return w.dist[j];
-        },
-        [&](int32_t j) { return w.owner[j] < 0; });
+    const T* cost_row = p.cost + static_cast<int64_t>(i) * p.row_stride;
+    const double sign = p.sign;
+    auto relax = [&](int32_t j, double c) -> double {
+      if (w.settled[j]) return kInf;
+      const double reduced = base + sign * c - w.v[j];
+      if (reduced < w.dist[j]) {
+        w.dist[j] = reduced;
+        w.pred[j] = i;
+      }
+      return w.dist[j];
+    };
+    auto is_free = [&](int32_t j) { return w.owner[j] < 0; };
+    const int32_t width = p.slot_width;
+    const int32_t next =
+        width > 0
+            ? exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j % width])); },
+                               is_free)
+            : exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j])); }, is_free);
     if (next < 0) return false;
     exec.single([&] {
       min_val = w.dist[next];

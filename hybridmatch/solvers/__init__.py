@@ -133,7 +133,7 @@ def _solve_all(
     backend: str,
     batched: bool,
 ) -> np.ndarray:
-    """Solve every problem of ``host (B, N, M)``; return ``(B, N)`` int64 target or -1."""
+    """Solve every problem of ``host (B, N, M)`` (any real dtype); return ``(B, N)`` int64 target or -1."""
     solve = BACKENDS[backend][0]
     batch, num_queries, _ = host.shape
     result = np.full((batch, num_queries), -1, dtype=np.int64)
@@ -141,7 +141,7 @@ def _solve_all(
         m = num_targets[b]
         if m == 0 or num_queries == 0:
             continue
-        cost = sanitise(host[b, :, :m], b, batched, maximize, nan_policy)
+        cost = sanitise(to_host_float64(host[b, :, :m]), b, batched, maximize, nan_policy)
         # Repeated ground truth, GT-major like H-DETR: copy c of target j is column c*m + j.
         work = np.tile(cost, (1, capacity)) if capacity > 1 else cost
         try:
@@ -256,7 +256,14 @@ def batched_linear_sum_assignment(
             native = _solve_native(tensor, counts, capacity, bool(maximize), nan_policy, name, batched)
             result = native.to(cost.device) if isinstance(cost, torch.Tensor) else native.numpy()
         else:
-            host = to_host_float64(problems)
+            # Host copy in the input dtype; each problem's real block is widened to float64
+            # on its own (cheaper than widening the padded batch).
+            if isinstance(problems, torch.Tensor):
+                # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+                wide = problems.float() if problems.dtype == torch.bfloat16 else problems
+                host = wide.detach().cpu().numpy()
+            else:
+                host = problems
             result = _solve_all(host, counts, capacity, bool(maximize), nan_policy, name, batched)
     except HybridMatchError as error:
         raise _with_context(error, _describe(cost, name)) from None

@@ -125,8 +125,8 @@ def sanitise(
     if nan.any() and nan_policy == "raise":
         i, j = _first(nan)
         raise InvalidCostError(
-            f"{where(i, j)} is NaN: predictions of {'problem ' + str(index) + ', ' if batched else ''}"
-            f"query {i} or target {j} contain NaN (AMP overflow or a diverging loss are the usual causes); "
+            f"{where(i, j)} is NaN: the inputs of {'problem ' + str(index) + ', ' if batched else ''}"
+            f"query {i} or target {j} hold NaN (AMP overflow or a diverging loss are the usual causes); "
             "fix the inputs, or pass nan_policy='worst' to treat NaN as the worst cost"
         )
     bad_inf = np.isneginf(cost) if not maximize else np.isposinf(cost)

@@ -1,9 +1,13 @@
 // hybridmatch CPU target: the shared algorithm (lsap_core.h) run one problem per
-// thread over torch's intra-op pool, with the GIL released by the binding.
+// thread, as many threads as torch.get_num_threads(), with the GIL released by the
+// binding.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "../lsap_core.h"
@@ -123,18 +127,27 @@ std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_tar
   const int64_t* counts = num_targets.data_ptr<int64_t>();
   int64_t* out = assignment.data_ptr<int64_t>();
   int64_t* codes = status.data_ptr<int64_t>();
+  // Problems of a batch differ in size: threads take the next unsolved one from a
+  // shared counter. std::thread rather than at::parallel_for, whose OpenMP backend
+  // would need this extension to be built with -fopenmp.
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "hybridmatch_solve_batch", [&] {
     const scalar_t* data = cost.data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
       Buffers buffers;
-      for (int64_t b = begin; b < end; ++b) {
+      for (int64_t b = next++; b < batch; b = next++) {
         const Result r = solve_one<scalar_t>(data + b * n * m, n, m, counts[b], capacity, maximize, out + b * n,
                                              buffers);
         codes[b * 3 + 0] = r.status;
         codes[b * 3 + 1] = r.query;
         codes[b * 3 + 2] = r.target;
       }
-    });
+    };
+    std::vector<std::thread> threads;
+    for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
+    work();
+    for (auto& thread : threads) thread.join();
   });
   return {assignment, status};
 }
