@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,coco]"
+	$(BIN)/pip install --quiet -e ".[test,coco,examples]"
 	touch $@
 
 $(BIN)/.docs-installed: $(BIN)/.installed

@@ -172,3 +172,28 @@ def test_cuda_binding_compiles(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------ build ahead of time
+
+
+@needs_native
+def test_build_command_builds_the_cpu_solver(capsys: pytest.CaptureFixture[str]) -> None:
+    from hybridmatch.solvers.build import main
+
+    assert main(["--cpu"]) == 0
+    assert "native: ready" in capsys.readouterr().out
+
+
+def test_build_command_fails_clearly_without_a_compiler(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybridmatch.solvers.build import main
+
+    _forget_builds(monkeypatch)
+    try:
+        assert main(["--cpu"]) == 1
+        assert "native: FAILED: backend 'native' is unavailable: no C++ compiler" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        _native._cpu_module.cache_clear()

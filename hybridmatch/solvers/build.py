@@ -1,0 +1,50 @@
+"""Build the native solvers ahead of time.
+
+    python -m hybridmatch.solvers.build            # the CPU solver, and the CUDA one where possible
+    python -m hybridmatch.solvers.build --cpu      # only the CPU solver
+
+Builds go to torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``), where first use would put them; later imports load
+them without compiling. Exit status 1 when a requested build fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import BackendUnavailableError
+from . import _native
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build hybridmatch's native solvers ahead of time.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cpu", action="store_true", help="build only the CPU solver")
+    which.add_argument("--cuda", action="store_true", help="build only the CUDA solver (fails without a GPU)")
+    args = parser.parse_args(argv)
+    targets = [("native", _native.cpu_module), ("cuda", _native.cuda_module)]
+    if args.cpu:
+        targets = targets[:1]
+    elif args.cuda:
+        targets = targets[1:]
+    failed = False
+    for name, build in targets:
+        start = time.perf_counter()
+        try:
+            build()
+        except BackendUnavailableError as error:
+            # Without --cuda, a machine with no GPU simply has no CUDA solver to build.
+            optional = name == "cuda" and not args.cuda
+            print(f"{name}: {'skipped' if optional else 'FAILED'}: {error}", file=sys.stderr)
+            failed |= not optional
+            continue
+        print(f"{name}: ready ({time.perf_counter() - start:.1f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
