@@ -1,0 +1,216 @@
+"""COCO box evaluation (pycocotools) of a DETR-style detector, and AP tables.
+
+:func:`evaluate_coco` runs the model in eval mode over a loader, turns the one-to-one
+queries into detections with ``model.postprocess`` (no NMS), maps contiguous labels back to
+the data set's category ids, gathers every rank's detections to rank 0 and runs
+``COCOeval`` there. It returns the 12 standard numbers by name (:data:`STAT_NAMES`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["STAT_NAMES", "evaluate_coco", "format_ap_table", "format_side_by_side"]
+
+#: The names of ``COCOeval.stats``, in its order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+_DESCRIPTIONS = {
+    "AP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "AP50": "AP @[IoU=0.50      | area=all | maxDets=100]",
+    "AP75": "AP @[IoU=0.75      | area=all | maxDets=100]",
+    "APs": "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "APm": "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "APl": "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR1": "AR @[IoU=0.50:0.95 | area=all | maxDets=1]",
+    "AR10": "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR100": "AR @[IoU=0.50:0.95 | area=all | maxDets=100]",
+    "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model  # DistributedDataParallel
+
+
+def _coco_api(dataset: Any) -> Any:
+    """The pycocotools ``COCO`` object of a data set (``dataset.coco``, or built from its file)."""
+    for owner in (dataset, getattr(dataset, "dataset", None)):  # a torch Subset wraps it
+        if owner is not None and getattr(owner, "coco", None) is not None:
+            return owner.coco
+    raise TypeError(
+        f"evaluate_coco needs a data set with a pycocotools COCO object as .coco "
+        f"(examples.detection.data.CocoDetection), got {type(dataset).__name__}"
+    )
+
+
+def _label_to_category(dataset: Any) -> Mapping[int, int]:
+    for owner in (dataset, getattr(dataset, "dataset", None)):
+        mapping = getattr(owner, "label_to_category", None)
+        if mapping is not None:
+            return mapping
+    raise TypeError(f"{type(dataset).__name__} has no label_to_category mapping (contiguous label -> category id)")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str,
+            *, top_k: int = 100, amp: bool = False) -> list[dict[str, Any]]:
+    """This rank's detections in COCO result format.
+
+    Returns:
+        list of ``{"image_id": int, "category_id": int, "bbox": [x, y, w, h] (absolute, in the
+        original image), "score": float}``.
+    """
+    was_training = model.training
+    model.eval()
+    label_to_category = _label_to_category(dataset)
+    device = torch.device(device)
+    results: list[dict[str, Any]] = []
+    try:
+        for images, pixel_mask, targets in loader:
+            images, pixel_mask = images.to(device), pixel_mask.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                outputs = model(images, pixel_mask)
+            sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+            detections = _unwrap(model).postprocess(outputs, sizes, top_k=top_k)
+            for target, found in zip(targets, detections):
+                image_id = int(target["image_id"].reshape(-1)[0])
+                boxes = found["boxes"].float().cpu()
+                boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+                for box, score, label in zip(boxes.tolist(), found["scores"].float().cpu().tolist(),
+                                             found["labels"].cpu().tolist()):
+                    results.append({"image_id": image_id, "category_id": int(label_to_category[int(label)]),
+                                    "bbox": [round(v, 3) for v in box], "score": float(score)})
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _gather(results: list[dict[str, Any]], image_ids: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return results, image_ids
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (results, image_ids))
+    if dist.get_rank() != 0:
+        return [], []
+    # A DistributedSampler pads the last ranks with repeated images: keep each image once.
+    merged: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    all_ids: list[int] = []
+    for rank_results, rank_ids in gathered:
+        fresh = set(rank_ids) - seen
+        merged.extend(r for r in rank_results if r["image_id"] in fresh)
+        seen |= fresh
+        all_ids.extend(i for i in rank_ids if i in fresh)
+    return merged, all_ids
+
+
+def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str = "cpu",
+                  *, top_k: int = 100, amp: bool = False, verbose: bool = False) -> dict[str, float]:
+    """COCO box AP/AR of ``model`` on ``loader``'s images.
+
+    Args:
+        model: a detector with ``forward(images, pixel_mask)`` and
+            ``postprocess(outputs, target_sizes (Tensor[B, 2] (h, w)), top_k)`` (possibly
+            wrapped in ``DistributedDataParallel``).
+        loader: yields ``(images (Tensor[B, 3, H, W]), pixel_mask (Tensor[B, H, W] bool),
+            targets)``, each target with ``image_id`` and ``orig_size`` (h, w).
+        dataset: the loader's data set, with ``coco`` (pycocotools) and ``label_to_category``.
+        device: where the model runs.
+        top_k (int): detections kept per image (COCO counts at most 100).
+        verbose (bool): print pycocotools' own summary.
+
+    Returns:
+        dict[str, float]: the 12 numbers of ``COCOeval.stats`` by :data:`STAT_NAMES`, each in
+        [-1, 1] (-1: no ground truth in that area range). With no detections at all, AP and AR
+        are 0 wherever there is ground truth. Under ``torch.distributed`` every rank must call
+        it; all ranks get the same numbers (computed on rank 0, broadcast).
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as error:  # pragma: no cover - the example's requirements include it
+        raise ImportError("evaluate_coco needs pycocotools: pip install 'hybridmatch[examples]'") from error
+
+    results = predict(model, loader, dataset, device, top_k=top_k, amp=amp)
+    image_ids = sorted({r["image_id"] for r in results} | set(_loader_image_ids(loader, dataset)))
+    results, image_ids = _gather(results, image_ids)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    stats = [0.0] * len(STAT_NAMES)
+    if not distributed or dist.get_rank() == 0:
+        gt = _coco_api(dataset)
+        if results:
+            detections = gt.loadRes(results)
+        else:  # loadRes cannot take an empty list; an empty result set scores 0 (or -1 without GT).
+            detections = COCO()
+            detections.dataset = {"images": list(gt.dataset["images"]),
+                                  "categories": list(gt.dataset.get("categories", [])), "annotations": []}
+            detections.createIndex()
+        evaluator = COCOeval(gt, detections, iouType="bbox")
+        if image_ids:
+            evaluator.params.imgIds = sorted(set(image_ids))
+        sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with sink:
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats = [float(v) for v in evaluator.stats]
+    if distributed:
+        box = [stats]
+        dist.broadcast_object_list(box, src=0)
+        stats = box[0]
+    return dict(zip(STAT_NAMES, stats))
+
+
+def _loader_image_ids(loader: Iterable, dataset: Any) -> list[int]:
+    """Image ids this rank evaluated: those of its sampler's indices, when they can be known."""
+    sampler = getattr(loader, "sampler", None)
+    ids = getattr(dataset, "ids", None)
+    if sampler is None or ids is None:
+        return []
+    try:
+        return [int(ids[i]) for i in sampler]
+    except (TypeError, IndexError):
+        return []
+
+
+def format_ap_table(stats: Mapping[str, float], title: str | None = None) -> str:
+    """A COCO summary table, one row per number (percent, one decimal; -1 shown as ``n/a``)."""
+    lines = [title] if title else []
+    for name in STAT_NAMES:
+        value = stats.get(name, float("nan"))
+        shown = "n/a" if value < 0 else f"{100 * value:5.1f}"
+        lines.append(f"{name:<6} {_DESCRIPTIONS[name]:<48} {shown:>6}")
+    return "\n".join(lines)
+
+
+def format_side_by_side(runs: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per COCO number, one column per run (percent), plus the difference of two runs.
+
+    Example:
+        >>> print(format_side_by_side({"one2one": {"AP": 0.1}, "branch": {"AP": 0.15}}).splitlines()[2])
+        AP     AP @[IoU=0.50:0.95 | area=all | maxDets=100]        10.0     15.0   +5.0
+    """
+    names = list(runs)
+    width = max([8] + [len(n) for n in names])
+    header = f"{'':<6} {'':<48} " + " ".join(f"{n:>{width}}" for n in names)
+    if len(names) == 2:
+        header += f" {'diff':>6}"
+    lines = [header, "-" * len(header)]
+    for stat in STAT_NAMES:
+        values = [runs[n].get(stat, float("nan")) for n in names]
+        cells = " ".join(f"{'n/a' if v < 0 else f'{100 * v:.1f}':>{width}}" for v in values)
+        row = f"{stat:<6} {_DESCRIPTIONS[stat]:<48} {cells}"
+        if len(names) == 2 and min(values) >= 0:
+            row += f" {100 * (values[1] - values[0]):+6.1f}"
+        lines.append(row)
+    return "\n".join(lines)
