@@ -39,7 +39,7 @@ _DESCRIPTIONS = {
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model  # DistributedDataParallel
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _coco_api(dataset: Any) -> Any:
@@ -63,27 +63,32 @@ def _label_to_category(dataset: Any) -> Mapping[int, int]:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str,
-            *, top_k: int = 100, amp: bool = False) -> list[dict[str, Any]]:
-    """This rank's detections in COCO result format.
+            *, top_k: int = 100, amp: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
+    """This rank's detections in COCO result format, and the ids of the images it saw.
 
     Returns:
-        list of ``{"image_id": int, "category_id": int, "bbox": [x, y, w, h] (absolute, in the
-        original image), "score": float}``.
+        ``(results, image_ids)``: results a list of ``{"image_id": int, "category_id": int,
+        "bbox": [x, y, w, h] (absolute, in the original image), "score": float}``.
     """
     was_training = model.training
     model.eval()
     label_to_category = _label_to_category(dataset)
+    postprocess = getattr(_unwrap(model), "postprocess", None)
+    if postprocess is None:  # the example's detector exposes it as a module function
+        from .model import postprocess
     device = torch.device(device)
     results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
     try:
         for images, pixel_mask, targets in loader:
             images, pixel_mask = images.to(device), pixel_mask.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
                 outputs = model(images, pixel_mask)
             sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-            detections = _unwrap(model).postprocess(outputs, sizes, top_k=top_k)
+            detections = postprocess(outputs, sizes, top_k=top_k)
             for target, found in zip(targets, detections):
                 image_id = int(target["image_id"].reshape(-1)[0])
+                image_ids.append(image_id)
                 boxes = found["boxes"].float().cpu()
                 boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
                 for box, score, label in zip(boxes.tolist(), found["scores"].float().cpu().tolist(),
@@ -92,7 +97,7 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
                                     "bbox": [round(v, 3) for v in box], "score": float(score)})
     finally:
         model.train(was_training)
-    return results
+    return results, image_ids
 
 
 def _gather(results: list[dict[str, Any]], image_ids: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
@@ -141,8 +146,7 @@ def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torc
     except ImportError as error:  # pragma: no cover - the example's requirements include it
         raise ImportError("evaluate_coco needs pycocotools: pip install 'hybridmatch[examples]'") from error
 
-    results = predict(model, loader, dataset, device, top_k=top_k, amp=amp)
-    image_ids = sorted({r["image_id"] for r in results} | set(_loader_image_ids(loader, dataset)))
+    results, image_ids = predict(model, loader, dataset, device, top_k=top_k, amp=amp)
     results, image_ids = _gather(results, image_ids)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     stats = [0.0] * len(STAT_NAMES)
@@ -169,18 +173,6 @@ def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torc
         dist.broadcast_object_list(box, src=0)
         stats = box[0]
     return dict(zip(STAT_NAMES, stats))
-
-
-def _loader_image_ids(loader: Iterable, dataset: Any) -> list[int]:
-    """Image ids this rank evaluated: those of its sampler's indices, when they can be known."""
-    sampler = getattr(loader, "sampler", None)
-    ids = getattr(dataset, "ids", None)
-    if sampler is None or ids is None:
-        return []
-    try:
-        return [int(ids[i]) for i in sampler]
-    except (TypeError, IndexError):
-        return []
 
 
 def format_ap_table(stats: Mapping[str, float], title: str | None = None) -> str:

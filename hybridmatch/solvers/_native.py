@@ -122,7 +122,17 @@ def solve_batch(
     """
     if device == "cuda":
         counts = torch.tensor(num_targets, dtype=torch.int64, device=cost.device)
-        assignment, status = cuda_module().solve_batch(cost, counts, capacity, maximize)
+        try:
+            assignment, status = cuda_module().solve_batch(cost, counts, capacity, maximize)
+        except RuntimeError as error:
+            if "no kernel image" not in str(error):
+                raise
+            major, minor = torch.cuda.get_device_capability(cost.device)
+            raise BackendUnavailableError(
+                f"backend 'cuda' was built without code for this GPU (compute capability "
+                f"{major}.{minor}): set TORCH_CUDA_ARCH_LIST='{major}.{minor}', clear the torch "
+                "extension cache and rebuild (python -m hybridmatch.solvers.build --cuda)"
+            ) from None
         return assignment, status.cpu()
     counts = torch.tensor(num_targets, dtype=torch.int64)
     return cpu_module().solve_batch(cost, counts, capacity, maximize)
