@@ -346,3 +346,21 @@ def test_evaluate_coco_scores_the_ground_truth_1_and_nothing_0(synthetic_root: P
     nothing = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
     empty = evaluate_coco(_Oracle(nothing * len(dataset)), loader, dataset, "cpu")
     assert empty["AP"] == 0.0 and all(value <= 0.0 for value in empty.values())
+
+
+def test_convergence_benchmark_quick_mode(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py"
+    spec = importlib.util.spec_from_file_location("convergence_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+
+    torch.set_num_threads(1)
+    summary = main(["--quick", "--output-dir", str(tmp_path)])
+    assert set(summary["ap_per_epoch"]) == set(SCHEMES)
+    assert all(len(curve["mean"]) == 2 for curve in summary["ap_per_epoch"].values())
+    assert (tmp_path / "convergence.json").is_file()
+    assert (tmp_path / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -204,8 +204,8 @@ def build_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> 
     raise ConfigurationError(f"build_backbone: unknown backbone {name!r}; use 'resnet50' or 'tiny'")
 
 
-# Keys of a torchvision state dict that this backbone has no use for.
 def _ignored(key: str) -> bool:
+    # Keys of a torchvision state dict that the backbone has no use for.
     return key.startswith("fc.") or key.endswith("num_batches_tracked")
 
 

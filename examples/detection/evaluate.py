@@ -152,18 +152,19 @@ def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torc
     stats = [0.0] * len(STAT_NAMES)
     if not distributed or dist.get_rank() == 0:
         gt = _coco_api(dataset)
-        if results:
-            detections = gt.loadRes(results)
-        else:  # loadRes cannot take an empty list; an empty result set scores 0 (or -1 without GT).
-            detections = COCO()
-            detections.dataset = {"images": list(gt.dataset["images"]),
-                                  "categories": list(gt.dataset.get("categories", [])), "annotations": []}
-            detections.createIndex()
-        evaluator = COCOeval(gt, detections, iouType="bbox")
-        if image_ids:
-            evaluator.params.imgIds = sorted(set(image_ids))
+        # pycocotools reports progress on stdout; keep it unless asked for.
         sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
         with sink:
+            if results:
+                detections = gt.loadRes(results)
+            else:  # loadRes cannot take an empty list; no detections score 0 (-1 where no GT).
+                detections = COCO()
+                detections.dataset = {"images": list(gt.dataset["images"]),
+                                      "categories": list(gt.dataset.get("categories", [])), "annotations": []}
+                detections.createIndex()
+            evaluator = COCOeval(gt, detections, iouType="bbox")
+            if image_ids:
+                evaluator.params.imgIds = sorted(set(image_ids))
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
