@@ -122,10 +122,6 @@ constexpr double kInf = __builtin_huge_val();
 template <typename Exec, typename T>
 HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start, int32_t stamp) {
   const int32_t cols = p.cols;
-  exec.for_each(cols, [&](int32_t j) {
-    w.dist[j] = kInf;
-    w.settled[j] = 0;
-  });
   int32_t& row = exec.shared_int(0);
   int32_t& sink = exec.shared_int(1);
   double& min_val = exec.shared_double(0);
@@ -136,28 +132,31 @@ HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start,
     w.seen[start] = stamp;
     w.entry[start] = -1;
   });
+  bool first = true;
   while (true) {
     const int32_t i = row;
-    const double base = min_val - w.u[i];
-    // The row's other matched columns lie at distance min_val (their reduced cost is
-    // zero): settle them now instead of popping them one search step at a time.
-    if (p.demand > 1) {
-      exec.single([&] {
-        for (int32_t s = 0; s < p.demand; ++s) {
-          const int32_t c = w.assigned[i * p.demand + s];
-          if (c >= 0 && !w.settled[c]) {
-            w.settled[c] = 1;
-            w.dist[c] = min_val;
-            w.pred[c] = i;
-          }
-        }
-      });
-    }
+    const double level = min_val;
+    const double base = level - w.u[i];
     // One pass over the columns: relax from row i and find the next column to settle.
+    // The first pass also clears the previous search's state. A column already matched
+    // to row i lies at distance `level` (its reduced cost is zero): it is settled on the
+    // spot instead of being popped one search step at a time (with capacity K, a row
+    // holds up to K such columns).
     const T* cost_row = p.cost + static_cast<int64_t>(i) * p.row_stride;
     const double sign = p.sign;
     auto relax = [&](int32_t j, double c) -> double {
-      if (w.settled[j]) return kInf;
+      if (first) {
+        w.settled[j] = 0;
+        w.dist[j] = kInf;
+      } else if (w.settled[j]) {
+        return kInf;
+      }
+      if (w.owner[j] == i) {
+        w.settled[j] = 1;
+        w.dist[j] = level;
+        w.pred[j] = i;
+        return kInf;
+      }
       const double reduced = base + sign * c - w.v[j];
       if (reduced < w.dist[j]) {
         w.dist[j] = reduced;
@@ -172,6 +171,7 @@ HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start,
             ? exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j % width])); },
                                is_free)
             : exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j])); }, is_free);
+    first = false;
     if (next < 0) return false;
     exec.single([&] {
       min_val = w.dist[next];
