@@ -6,15 +6,12 @@ Everything runs the tiny configuration on the CPU and keeps to a few seconds per
 from __future__ import annotations
 
 import math
-import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from examples.detection.criterion import (
     SetCriterion,
@@ -25,6 +22,8 @@ from examples.detection.criterion import (
 )
 from examples.detection.engine import config_for_scheme, get_args_parser, run, train_step
 from hybridmatch import HungarianMatcher
+
+from .spawn import run_ranks
 
 pytest.importorskip("pycocotools")
 
@@ -191,49 +190,20 @@ def _flat_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _ddp_worker(rank: int, port: int, queue) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        model, criterion, _, weight_dict = _model_and_criterion("branch")
-        model.train()
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        images, pixel_mask, targets = _batch(4)
-        part = slice(2 * rank, 2 * rank + 2)
-        record = train_step(ddp, criterion, weight_dict, images[part], pixel_mask[part], targets[part], None)
-        # numpy, not tensors: a tensor sent through the queue lives in this process's shared memory.
-        queue.put((rank, record["loss"], {k: v.numpy() for k, v in _flat_grads(model).items()}))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ddp_rank(rank: int) -> tuple[float, dict]:
+    model, criterion, _, weight_dict = _model_and_criterion("branch")
+    model.train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    images, pixel_mask, targets = _batch(4)
+    part = slice(2 * rank, 2 * rank + 2)
+    record = train_step(ddp, criterion, weight_dict, images[part], pixel_mask[part], targets[part], None)
+    # numpy, not tensors: a tensor sent through the queue lives in this process's shared memory.
+    return record["loss"], {k: v.numpy() for k, v in _flat_grads(model).items()}
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed")
 def test_two_gloo_ranks_give_the_single_process_gradient() -> None:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    workers = [context.Process(target=_ddp_worker, args=(rank, port, queue)) for rank in range(2)]
-    for worker in workers:
-        worker.start()
-    results = {}
-    try:
-        for _ in range(2):
-            rank, loss, grads = queue.get(timeout=120)
-            results[rank] = (loss, grads)
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert all(worker.exitcode == 0 for worker in workers), [w.exitcode for w in workers]
+    results = run_ranks(_ddp_rank)
 
     torch.set_num_threads(1)
     model, criterion, _, weight_dict = _model_and_criterion("branch")

@@ -6,20 +6,18 @@ must equal one process computing the whole batch.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hybridmatch.criterion import HybridCriterion
 from hybridmatch.distributed import global_num_boxes
 from hybridmatch.schemes import HybridBranch
 
 from .detr_reference import SetCriterion, random_outputs, random_targets
+from .spawn import run_ranks
 
 COUNTS = [[3, 1], [0, 0]]  # rank 1's images hold no objects
 NUM_CLASSES = 4
@@ -41,43 +39,13 @@ def _losses(rank: int | None) -> dict[str, float]:
     return {key: float(value) for key, value in hybrid(outputs, targets).items()}
 
 
-def _worker(rank: int, port: int, queue) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        counted = global_num_boxes(_batch(rank)[1])
-        queue.put((rank, counted, _losses(rank)))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_result(rank: int) -> tuple[float, dict[str, float]]:
+    return global_num_boxes(_batch(rank)[1]), _losses(rank)
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed")
 def test_two_ranks_one_empty_match_a_single_process() -> None:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    workers = [context.Process(target=_worker, args=(rank, port, queue)) for rank in range(2)]
-    for worker in workers:
-        worker.start()
-    results = {}
-    try:
-        for _ in range(2):
-            rank, counted, losses = queue.get(timeout=120)
-            results[rank] = (counted, losses)
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert all(worker.exitcode == 0 for worker in workers), [w.exitcode for w in workers]
+    results = run_ranks(_rank_result)
     # 4 objects over 2 ranks: every rank normalises by 4 / 2 = 2, the empty one included.
     assert results[0][0] == results[1][0] == 2.0
     single = _losses(None)
