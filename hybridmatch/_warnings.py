@@ -10,12 +10,17 @@ from .errors import HybridMatchWarning
 
 _seen: set[str] = set()
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# torch.nn.Module.__call__ stands between a user's call and a module's forward.
+_MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")
 
 
 def _caller_stacklevel() -> int:
     """The stacklevel of the first frame outside hybridmatch, so warnings point at user code."""
     level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not (filename.startswith(_PACKAGE) or filename.endswith(_MODULE_CALL)):
+            break
         frame = frame.f_back
         level += 1
     return level

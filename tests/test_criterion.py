@@ -126,8 +126,8 @@ def test_other_per_object_keys_are_replicated() -> None:
         return {"loss": outputs["pred_boxes"].sum() * 0}
 
     targets = random_targets(1, [2, 0], NUM_CLASSES, extras=True)
-    outputs = random_outputs(1, 2, 7, NUM_CLASSES, 0)
-    HybridCriterion(criterion, HybridBranch(3, 4, k=3))(outputs, targets)
+    outputs = random_outputs(1, 2, 9, NUM_CLASSES, 0)
+    HybridCriterion(criterion, HybridBranch(3, 6, k=3))(outputs, targets)
     one2one, one2many = seen
     assert one2one is targets
     for original, repeated in zip(targets, one2many):
@@ -208,7 +208,7 @@ def test_hugging_face_key_map() -> None:
 
 def test_wrong_query_count_is_named() -> None:
     outputs = random_outputs(0, 1, 9, NUM_CLASSES, 0)
-    hybrid = HybridCriterion(SetCriterion(NUM_CLASSES), HybridBranch(3, 4))
+    hybrid = HybridCriterion(SetCriterion(NUM_CLASSES), HybridBranch(3, 4, k=2))
     with pytest.raises(ShapeError, match=r"has 9 queries but HybridBranch.* expects 7"):
         hybrid(outputs, random_targets(0, [1], NUM_CLASSES))
 
@@ -223,6 +223,14 @@ def test_missing_keys_and_bad_arguments() -> None:
         HybridCriterion(SetCriterion(NUM_CLASSES), "branch")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no 'matcher' attribute"):
         HybridCriterion(lambda o, t: {}, HybridBranch(3, 4), one2many_matcher=HungarianMatcher(capacity=6))
+
+
+def test_unmatched_copies_warning_points_at_the_caller() -> None:
+    outputs = random_outputs(2, 1, 7, NUM_CLASSES, 0)
+    hybrid = HybridCriterion(SetCriterion(NUM_CLASSES), HybridBranch(3, 4, k=6))
+    with pytest.warns(UserWarning, match="2 copies of its ground truth go unmatched") as record:
+        hybrid(outputs, random_targets(2, [1], NUM_CLASSES))
+    assert record[0].filename == __file__
 
 
 def test_empty_batch_everywhere() -> None:
