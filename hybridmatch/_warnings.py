@@ -9,7 +9,7 @@ import warnings
 from .errors import HybridMatchWarning
 
 _seen: set[str] = set()
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # torch.nn.Module.__call__ stands between a user's call and a module's forward.
 _MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")
 

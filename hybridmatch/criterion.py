@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
 from .matchers import assignment_to_repeated
 from .schemes import Scheme, Supervision
 from .targets import PER_IMAGE_KEYS, repeat_targets
@@ -260,6 +260,12 @@ class HybridCriterion(torch.nn.Module):
     ) -> Mapping[str, Tensor]:
         if group.k == 1 or self.one2many_matcher is None:
             return self.criterion(outputs, targets, **kwargs)
+        capacity = getattr(self.one2many_matcher, "capacity", group.k)
+        if capacity != group.k:
+            raise ConfigurationError(
+                f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
+                f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
+            )
         original = self.criterion.matcher  # type: ignore[attr-defined]
         self.criterion.matcher = _CopiesFromCapacity(  # type: ignore[attr-defined]
             self.one2many_matcher, group.k, self.key_map.labels

@@ -35,7 +35,7 @@ from .errors import (
     InvalidTargetError,
     ShapeError,
 )
-from .solvers import assignment_to_pairs, batched_linear_sum_assignment
+from .solvers import BACKEND_NAMES, assignment_to_pairs, batched_linear_sum_assignment
 from .solvers._validate import NanPolicy, check_capacity, check_nan_policy
 from .targets import PaddedTargets, pad_targets
 
@@ -118,6 +118,8 @@ class HungarianMatcher(torch.nn.Module):
         self.cost = cost
         self.class_cost = class_cost
         self.capacity = check_capacity(capacity)
+        if backend not in BACKEND_NAMES:
+            raise ConfigurationError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
         self.backend = backend
         self.nan_policy = check_nan_policy(nan_policy)
 
@@ -169,7 +171,7 @@ class HungarianMatcher(torch.nn.Module):
                 per_group, counts, capacity=self.capacity, backend=self.backend, nan_policy=self.nan_policy
             )
         except InvalidCostError as error:
-            _explain_nan(outputs, cost, error)
+            _explain_nan(outputs, cost, num_targets, error)
             raise
         return assignment.reshape(batch, num_queries)
 
@@ -281,7 +283,11 @@ def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tens
         got = _describe(assignment)
         raise ShapeError(f"assignment must be a (B, N) integer tensor, got {got}")
     batch, num_queries = assignment.shape
-    counts = torch.as_tensor(num_targets, device=assignment.device)
+    counts = (
+        num_targets.to(assignment.device)
+        if isinstance(num_targets, Tensor)
+        else torch.as_tensor(list(num_targets), dtype=torch.int64, device=assignment.device)
+    )
     if counts.shape != (batch,) or not _is_integer(counts):
         raise ShapeError(
             f"num_targets must hold one int per image, (B,) = ({batch},), got {_describe(counts)}"
@@ -498,7 +504,7 @@ class TopKMatcher(torch.nn.Module):
         if bool(nan.any()):  # one sync; forward copies the result to the host anyway
             if self.nan_policy == "raise":
                 error = InvalidCostError("TopKMatcher: a prediction holds NaN")
-                _explain_nan(outputs, torch.where(nan, math.nan, 0.0)[..., None], error)
+                _explain_nan(outputs, torch.where(nan, math.nan, 0.0)[..., None], [1] * nan.shape[0], error)
                 raise error
             warn_once(
                 "topk_nan_worst",
@@ -620,9 +626,12 @@ def _pad(targets: Targets) -> PaddedTargets:
     return pad_targets(targets, per_object_keys=())
 
 
-def _explain_nan(outputs: Mapping[str, Tensor], cost: Tensor, error: InvalidCostError) -> None:
+def _explain_nan(
+    outputs: Mapping[str, Tensor], cost: Tensor, num_targets: list[int], error: InvalidCostError
+) -> None:
     """Re-raise a NaN cost as an error naming the prediction that caused it, if one did."""
-    nan = torch.isnan(cost)
+    real = torch.arange(cost.shape[2], device=cost.device) < torch.tensor(num_targets, device=cost.device)[:, None]
+    nan = torch.isnan(cost) & real[:, None, :]  # padding columns are never read by the solver
     if not bool(nan.any()):
         return
     image, query, _ = (int(v) for v in torch.nonzero(nan)[0])

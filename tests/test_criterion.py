@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hybridmatch import HungarianMatcher
 from hybridmatch.criterion import HybridCriterion, KeyMap
-from hybridmatch.errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from hybridmatch.errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
 from hybridmatch.schemes import HybridBranch, HybridEpoch, HybridLayer
 
 from .detr_reference import SetCriterion, random_outputs, random_targets
@@ -221,6 +221,10 @@ def test_missing_keys_and_bad_arguments() -> None:
         hybrid(random_outputs(0, 2, 7, NUM_CLASSES, 0), [{"labels": torch.zeros(0)}, {"class_labels": torch.zeros(0)}])
     with pytest.raises(TypeError, match="scheme must be a hybridmatch.schemes.Scheme"):
         HybridCriterion(SetCriterion(NUM_CLASSES), "branch")  # type: ignore[arg-type]
+    mismatched = HybridCriterion(SetCriterion(NUM_CLASSES), HybridBranch(3, 4, k=2),
+                                 one2many_matcher=HungarianMatcher(capacity=6))
+    with pytest.raises(ConfigurationError, match=r"take 6 queries but .* K=2 times; build it with OneToManyMatcher\(k=2\)"):
+        mismatched(random_outputs(0, 1, 7, NUM_CLASSES, 0), random_targets(0, [1], NUM_CLASSES))
     with pytest.raises(TypeError, match="no 'matcher' attribute"):
         HybridCriterion(lambda o, t: {}, HybridBranch(3, 4), one2many_matcher=HungarianMatcher(capacity=6))
 

@@ -174,6 +174,15 @@ def test_nan_prediction_names_image_and_query() -> None:
         HungarianMatcher()(outputs, targets)
 
 
+def test_nan_error_names_the_image_the_solver_read() -> None:
+    # Image 0 has no targets, so its NaN query is never matched; image 1's NaN is the one to name.
+    outputs, targets = random_batch(4, [0, 3])
+    outputs["pred_boxes"][0, 1, 0] = float("nan")
+    outputs["pred_boxes"][1, 5, 0] = float("nan")
+    with pytest.raises(InvalidPredictionError, match=r"\(image 1, query 5\)"):
+        HungarianMatcher()(outputs, targets)
+
+
 def test_nan_policy_worst_survives_a_nan_query() -> None:
     outputs, targets = random_batch(4, [2, 3])
     outputs["pred_logits"][0, 3] = float("nan")
@@ -208,6 +217,8 @@ def test_bad_settings() -> None:
         HungarianMatcher(cost_bbox=float("nan"))
     with pytest.raises(ValueError, match="capacity"):
         HungarianMatcher(capacity=0)
+    with pytest.raises(ValueError, match="unknown backend 'sciypy'"):
+        HungarianMatcher(backend="sciypy")
     with pytest.raises(TypeError, match="hybridmatch.costs.Cost"):
         HungarianMatcher(cost=lambda o, t: None)  # type: ignore[arg-type]
 

@@ -279,8 +279,10 @@ def test_infeasible_problem_names_the_blocked_target(backend: str) -> None:
 def test_infeasible_without_a_fully_blocked_line(backend: str) -> None:
     # Both queries may only take target 0: every row and column has a finite entry.
     cost = np.array([[0.0, INF], [1.0, INF]])
-    with pytest.raises(InfeasibleError, match=r"infeasible: no assignment of all 2"):
+    with pytest.raises(InfeasibleError, match=r"^problem \(2 x 2\) is infeasible: no assignment of all 2"):
         solve_np(cost, backend)
+    with pytest.raises(InfeasibleError, match=r"^problem 0 \(2 x 2\) is infeasible"):
+        solve(cost[None], backend=backend)
     # With capacity 2, target 0 can take both queries: feasible.
     assert solve_np(cost, backend, capacity=2).tolist() == [0, 0]
 
@@ -415,6 +417,14 @@ def test_num_targets_as_tensor() -> None:
     cost = torch.tensor([[[0.0, 9.0], [9.0, 0.0]]])
     assert batched_linear_sum_assignment(cost, torch.tensor([1])).tolist() == [[0, -1]]
     assert batched_linear_sum_assignment(cost, np.array([2])).tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_capacity_beyond_the_query_count_changes_nothing(backend: str) -> None:
+    # No target can take more than all N queries; a huge K must neither allocate K copies nor fail.
+    cost = np.array([[[1.0, 5.0], [2.0, 6.0], [3.0, 0.0]]] * 2)
+    for capacity in (3, 2**31):
+        assert solve(cost, backend=backend, capacity=capacity).tolist() == [[0, 0, 1]] * 2
 
 
 @pytest.mark.parametrize("capacity", [0, -2, 1.5, True, "2"])

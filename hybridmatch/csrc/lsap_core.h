@@ -76,11 +76,6 @@ struct Problem {
   int32_t demand;
   int32_t slot_width;  // queries side: M (column s reads cost[row, s % M]); else 0
   double sign;
-
-  HM_HD double at(int32_t row, int32_t col) const {
-    const int32_t c = slot_width > 0 ? col % slot_width : col;
-    return sign * static_cast<double>(cost[row * row_stride + c]);
-  }
 };
 
 // Orient one real problem (N queries, M targets, capacity K) for the algorithm.

@@ -45,6 +45,7 @@ from ._validate import (
 )
 
 __all__ = [
+    "BACKEND_NAMES",
     "linear_sum_assignment",
     "batched_linear_sum_assignment",
     "available_backends",
@@ -54,6 +55,8 @@ __all__ = [
 
 Backend = Literal["auto", "cuda", "native", "scipy", "lap"]
 NATIVE = ("cuda", "native")
+#: Every name ``backend=`` accepts (whether it can run here: :func:`available_backends`).
+BACKEND_NAMES = ("auto", *NATIVE, *BACKENDS)
 NumTargets = Union[Sequence[int], torch.Tensor, np.ndarray, None]
 
 
@@ -99,9 +102,7 @@ def _resolve_backend(backend: str, on_cuda: bool) -> str:
             )
         return backend
     if backend not in BACKENDS:
-        raise ConfigurationError(
-            f"unknown backend {backend!r}; choose one of {['auto', *NATIVE, *BACKENDS]}"
-        )
+        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
     if not BACKENDS[backend][1]():
         raise BackendUnavailableError(
             f"backend {backend!r} is not installed here: {INSTALL_HINT[backend]}, "
@@ -251,8 +252,15 @@ def batched_linear_sum_assignment(
         name = _resolve_backend(backend, on_cuda)
         problems = cost if batched else cost[None]
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
+        # A target can never take more than all N queries: a larger K changes nothing.
+        capacity = min(capacity, max(problems.shape[1], 1))
         if name in NATIVE:
-            tensor = problems if isinstance(problems, torch.Tensor) else torch.from_numpy(problems)
+            if isinstance(problems, torch.Tensor):
+                tensor = problems
+            elif problems.dtype in (np.float16, np.float32, np.float64):
+                tensor = torch.from_numpy(problems)
+            else:  # integers, long double: solved in float64 like every other backend
+                tensor = torch.from_numpy(np.asarray(problems, dtype=np.float64))
             native = _solve_native(tensor, counts, capacity, bool(maximize), nan_policy, name, batched)
             result = native.to(cost.device) if isinstance(cost, torch.Tensor) else native.numpy()
         else:

@@ -39,6 +39,10 @@ def cpu_missing() -> str | None:
     """Why the CPU solver cannot be built here, or None when it can."""
     if _compiler() is None:
         return "no C++ compiler found (install g++ or clang++, or set CXX)"
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if not is_ninja_available():
+        return "ninja, which torch's extension builder needs, was not found (pip install ninja)"
     return None
 
 
@@ -52,9 +56,7 @@ def cuda_missing() -> str | None:
 
     if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
         return "the CUDA toolkit (nvcc) was not found: install it or set CUDA_HOME"
-    if _compiler() is None:
-        return "no C++ compiler found (install g++ or clang++, or set CXX)"
-    return None
+    return cpu_missing()
 
 
 def _load(name: str, sources: list[Path], cuda: bool) -> ModuleType:
@@ -116,7 +118,7 @@ def cuda_module() -> ModuleType:
 def solve_batch(
     cost: torch.Tensor, num_targets: list[int], capacity: int, maximize: bool, device: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one native call: ``(assignment (B, N) int64, status (B, 3) int64)`` on the host.
+    """Run one native call: ``(assignment (B, N) int64 on the cost's device, status (B, 3) int64 on the host)``.
 
     ``status[b] = (code, query, target)``; the caller turns codes into errors.
     """

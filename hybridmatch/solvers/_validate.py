@@ -1,15 +1,12 @@
 """Input checks shared by every solver backend.
 
-The entry point turns whatever the user passed into a list of float64
-minimisation problems on the host, each holding only its real columns. Every
-backend therefore sees the same, already validated input, and every backend
-raises the same errors.
+Every backend's input passes through these checks, or, for the native backends,
+every problem the native core flags does: so every backend raises the same errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Union
 
 import numpy as np
@@ -22,15 +19,6 @@ NanPolicy = Literal["raise", "worst"]
 NAN_POLICIES = ("raise", "worst")
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
-
-@dataclass
-class Problem:
-    """One validated problem: ``cost (n, m)`` float64, minimise, +inf = forbidden."""
-
-    index: int
-    cost: np.ndarray
-    num_targets: int
-    capacity: int
 
 
 def check_capacity(capacity: object) -> int:
@@ -179,6 +167,6 @@ def raise_infeasible(cost: np.ndarray, index: int, batched: bool, capacity: int 
             )
     slots = f" with capacity {capacity}" if capacity > 1 else ""
     raise InfeasibleError(
-        f"problem{where} ({n} x {m}{slots}) is infeasible: no assignment of all {min(n, m * capacity)} "
+        f"problem{' ' + str(index) if batched else ''} ({n} x {m}{slots}) is infeasible: no assignment of all {min(n, m * capacity)} "
         "queries/target slots avoids the +inf (forbidden) pairs"
     )

@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
+#include <limits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -122,6 +125,8 @@ std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_tar
   num_targets = num_targets.to(torch::kInt64).contiguous();
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
   TORCH_CHECK(num_targets.numel() == batch, "num_targets must have B entries");
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max() && m * capacity <= std::numeric_limits<int32_t>::max(),
+              "problem too large for the native solver: N and M * capacity must fit in int32");
   auto assignment = torch::empty({batch, n}, torch::kInt64);
   auto status = torch::zeros({batch, 3}, torch::kInt64);
   const int64_t* counts = num_targets.data_ptr<int64_t>();
@@ -134,20 +139,31 @@ std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_tar
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "hybridmatch_solve_batch", [&] {
     const scalar_t* data = cost.data_ptr<scalar_t>();
     std::atomic<int64_t> next{0};
+    // An exception (e.g. out of memory) must not escape a thread: keep the first, stop
+    // the others, join everyone, then rethrow on the calling thread.
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
     auto work = [&] {
-      Buffers buffers;
-      for (int64_t b = next++; b < batch; b = next++) {
-        const Result r = solve_one<scalar_t>(data + b * n * m, n, m, counts[b], capacity, maximize, out + b * n,
-                                             buffers);
-        codes[b * 3 + 0] = r.status;
-        codes[b * 3 + 1] = r.query;
-        codes[b * 3 + 2] = r.target;
+      try {
+        Buffers buffers;
+        for (int64_t b = next++; b < batch; b = next++) {
+          const Result r = solve_one<scalar_t>(data + b * n * m, n, m, counts[b], capacity, maximize,
+                                               out + b * n, buffers);
+          codes[b * 3 + 0] = r.status;
+          codes[b * 3 + 1] = r.query;
+          codes[b * 3 + 2] = r.target;
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+        next = batch;
       }
     };
     std::vector<std::thread> threads;
     for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
     work();
     for (auto& thread : threads) thread.join();
+    if (failure) std::rethrow_exception(failure);
   });
   return {assignment, status};
 }

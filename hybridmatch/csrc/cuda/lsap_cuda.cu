@@ -159,8 +159,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Columns: in shared memory when they fit, else in this problem's global slice.
   uint8_t* column_base = shared_columns ? shared : global_workspace + b * workspace_stride;
-  uint8_t* row_base = global_workspace + b * workspace_stride + (shared_columns ? 0 : 0);
-  const int64_t cols_cap = by_targets ? n : m_real * capacity;
+  uint8_t* row_base = global_workspace + b * workspace_stride;
   Workspace w;
   // Layout: doubles first (8-byte aligned), then int32, then bytes.
   size_t offset = 0;
@@ -185,7 +184,6 @@ __global__ void __launch_bounds__(kThreads)
   w.entry = reinterpret_cast<int32_t*>(row_base + row_offset);
   row_offset += sizeof(int32_t) * max_rows;
   w.assigned = reinterpret_cast<int32_t*>(row_base + row_offset);
-  (void)cols_cap;
 
   BlockExec exec{ints, doubles, partial};
   if (!solve(exec, p, w)) {

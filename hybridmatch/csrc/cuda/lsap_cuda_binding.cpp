@@ -31,6 +31,8 @@ std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_tar
   cost = cost.contiguous();
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
   TORCH_CHECK(num_targets.numel() == batch, "num_targets must have B entries");
+  TORCH_CHECK(n <= INT32_MAX && m * capacity <= INT32_MAX,
+              "problem too large for the CUDA solver: N and M * capacity must fit in int32");
   // Targets x queries: the layout the targets-side orientation reads row by row.
   auto cost_t = cost.transpose(1, 2).contiguous();
   num_targets = num_targets.to(cost.device(), torch::kInt64).contiguous();
