@@ -123,7 +123,8 @@ def solve_batch(
     ``status[b] = (code, query, target)``; the caller turns codes into errors.
     """
     if device == "cuda":
-        counts = torch.tensor(num_targets, dtype=torch.int64, device=cost.device)
+        # Pinned and non-blocking: the copy queues behind the cost's producers, no host wait.
+        counts = torch.tensor(num_targets, dtype=torch.int64).pin_memory().to(cost.device, non_blocking=True)
         try:
             assignment, status = cuda_module().solve_batch(cost, counts, capacity, maximize)
         except RuntimeError as error:
