@@ -161,7 +161,7 @@ class HybridCriterion(torch.nn.Module):
         aux = outputs.get(keys.aux_outputs) or []
         num_layers = len(aux) + 1
         counts = [self._count(target, index) for index, target in enumerate(targets)]
-        self.scheme.check_targets(max(counts, default=0))
+        self.scheme.check_targets(max(counts, default=0), epoch)
 
         plan: list[tuple[Supervision, list[int]]] = []
         for layer in range(num_layers):

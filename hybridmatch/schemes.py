@@ -182,7 +182,7 @@ class Scheme(abc.ABC):
         """The queries a trained model keeps at inference (all of them by default)."""
         return _all_queries(self.num_queries())
 
-    def check_targets(self, max_targets: int) -> None:
+    def check_targets(self, max_targets: int, epoch: int | None = None) -> None:
         """Warn once when ``K * max_targets`` exceeds the queries supervised one-to-many.
 
         Then some copies of an image's ground truth cannot be matched. Nothing is checked
@@ -191,12 +191,13 @@ class Scheme(abc.ABC):
         Args:
             max_targets (int): the largest number of objects in one image (of a batch, or
                 of the data set), >= 0.
+            epoch (int, optional): the epoch being supervised; default :attr:`epoch`.
         """
         _check_int(f"{type(self).__name__}.check_targets", "max_targets", max_targets, minimum=0)
         capacity = self._one2many_capacity()
         if capacity is None:
             return
-        k = self._largest_k()
+        k = self._largest_k(self.epoch if epoch is None else epoch)
         needed = k * max_targets
         if needed <= capacity:
             return
@@ -219,8 +220,8 @@ class Scheme(abc.ABC):
         # Queries the one-to-many groups can match; None when unknown.
         return self.num_queries()
 
-    def _largest_k(self) -> int:
-        # The K that check_targets measures against: the largest one still ahead.
+    def _largest_k(self, epoch: int) -> int:
+        # The K that check_targets measures against at `epoch`.
         return 1
 
     # -- checkpointing -------------------------------------------------------------------
@@ -435,7 +436,7 @@ class HybridBranch(Scheme):
     def _one2many_capacity(self) -> int:
         return self.num_one2many
 
-    def _largest_k(self) -> int:
+    def _largest_k(self, epoch: int) -> int:
         return self.k
 
     def _settings(self) -> dict[str, Any]:
@@ -540,9 +541,9 @@ class HybridEpoch(Scheme):
             return [Supervision(queries, self.k, 1.0, True, "")]
         return [Supervision(queries, 1, 1.0, False, "")]
 
-    def _largest_k(self) -> int:
+    def _largest_k(self, epoch: int) -> int:
         # After the one-to-many phase only K=1 is ahead.
-        return self.k if self.is_one2many() else 1
+        return self.k if self.is_one2many(epoch) else 1
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -620,7 +621,7 @@ class HybridLayer(Scheme):
             return [Supervision(queries, self.k, 1.0, True, "")]
         return [Supervision(queries, 1, 1.0, False, "")]
 
-    def _largest_k(self) -> int:
+    def _largest_k(self, epoch: int) -> int:
         return self.k if self.num_one2many_layers > 0 else 1
 
     def _settings(self) -> dict[str, Any]:

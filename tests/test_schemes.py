@@ -457,6 +457,13 @@ def test_epoch_check_targets_uses_the_k_still_ahead() -> None:
         scheme.check_targets(20)
 
 
+def test_epoch_check_targets_at_an_explicit_epoch() -> None:
+    # The scheme is past its one-to-many phase, but the criterion supervises epoch 0.
+    scheme = HybridEpoch(k=10, one2many_fraction=0.5, total_epochs=4, num_queries=100, epoch=3)
+    with pytest.warns(HybridMatchWarning, match="K=10"):
+        scheme.check_targets(20, epoch=0)
+
+
 def test_check_targets_validates_its_argument() -> None:
     with pytest.raises(ValueError, match="max_targets must be an int >= 0, got -1"):
         HybridBranch().check_targets(-1)
