@@ -19,12 +19,14 @@ The one-to-many matchers share its validation and index format:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from ._warnings import warn_once
 from .boxes import box_cxcywh_to_xyxy, pairwise_iou
 from .costs import Cost, CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
@@ -105,7 +107,7 @@ class HungarianMatcher(torch.nn.Module):
         if cost is None:
             weights = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
             for name, weight in weights.items():
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                     raise ConfigurationError(f"{name} must be a finite number, got {weight!r}")
             if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
                 raise ConfigurationError("all cost weights are 0: every assignment would cost the same")
@@ -557,11 +559,7 @@ def _is_integer(tensor: Tensor) -> bool:
 
 
 def _check_k(value: object, owner: str, *, name: str = "k", hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"{owner}: {name} must be an int >= 1, got {value!r}" + (f" ({hint})" if hint else "")
-        )
-    return value
+    return check_int(value, name, minimum=1, where=owner, hint=hint)
 
 
 def _check_unit(owner: str, name: str, value: object) -> float:

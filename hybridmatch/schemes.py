@@ -45,6 +45,7 @@ from typing import Any
 from torch import Tensor
 
 from ._warnings import warn_once
+from ._checks import check_int
 from .errors import ConfigurationError, ShapeError
 
 __all__ = [
@@ -642,15 +643,7 @@ def _all_queries(num_queries: int | None) -> slice:
 def _check_int(
     where: str, name: str, value: object, *, minimum: int, hint: str | None = None
 ) -> int:
-    suffix = f"; {hint}" if hint else ""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigurationError(
-            f"{where}: {name} must be an int >= {minimum}, got {value!r} "
-            f"({type(value).__name__}){suffix}"
-        )
-    if int(value) < minimum:
-        raise ConfigurationError(f"{where}: {name} must be an int >= {minimum}, got {value}{suffix}")
-    return int(value)
+    return check_int(value, name, minimum=minimum, where=where, hint=hint or "")
 
 
 def _check_weight(where: str, name: str, value: object) -> float:

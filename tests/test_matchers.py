@@ -223,5 +223,10 @@ def test_bad_settings() -> None:
         HungarianMatcher(cost=lambda o, t: None)  # type: ignore[arg-type]
 
 
+def test_numpy_numbers_are_accepted_as_settings() -> None:
+    matcher = HungarianMatcher(np.float32(2.0), np.float64(5.0), 2, capacity=np.int64(3))
+    assert matcher.capacity == 3 and isinstance(matcher.capacity, int)
+
+
 def test_repr_names_the_cost() -> None:
     assert "FocalClassCost" in repr(HungarianMatcher()) and "capacity=1" in repr(HungarianMatcher())

@@ -40,10 +40,13 @@ def solve_scipy(cost: np.ndarray) -> np.ndarray:
     return columns
 
 
-def _forbidden_value(cost: np.ndarray, allowed: np.ndarray) -> float:
-    # A finite stand-in for +inf that no feasible assignment can beat: one more
-    # forbidden pair costs more than the whole spread of finite costs.
-    finite = cost[allowed]
+def dominating_cost(cost: np.ndarray) -> float:
+    """A finite cost worse than any re-arrangement of ``cost``'s finite entries.
+
+    One more pair at this cost outweighs the whole spread of the finite pairs of any
+    assignment, so an optimum uses as few such pairs as it can.
+    """
+    finite = cost[np.isfinite(cost)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     return high + (high - low + 1.0) * (min(cost.shape) + 1)
 
@@ -63,7 +66,8 @@ def solve_lap(cost: np.ndarray) -> np.ndarray:
     transposed = n > m
     work = np.ascontiguousarray(cost.T if transposed else cost)
     if not allowed.all():
-        work = np.where(allowed.T if transposed else allowed, work, _forbidden_value(cost, allowed))
+        # A finite stand-in for +inf: the optimum uses one only when the problem is infeasible.
+        work = np.where(allowed.T if transposed else allowed, work, dominating_cost(cost))
     _, x, _ = lap.lapjv(work, extend_cost=work.shape[0] != work.shape[1], return_cost=True)
     x = np.asarray(x[: work.shape[0]], dtype=np.int64)
     # x[r] is the column of row r in the oriented problem.

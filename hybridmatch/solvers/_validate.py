@@ -12,7 +12,9 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
+from .._checks import check_int
 from .._warnings import warn_once
+from ._backends import dominating_cost
 from ..errors import ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
 
 NanPolicy = Literal["raise", "worst"]
@@ -22,13 +24,8 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
 def check_capacity(capacity: object) -> int:
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
-        raise ConfigurationError(
-            f"capacity must be a positive int (queries one target may take), got {capacity!r}"
-        )
-    if capacity < 1:
-        raise ConfigurationError(f"capacity must be >= 1, got {capacity}; use 1 for one-to-one matching")
-    return int(capacity)
+    """The number of queries one target may take: an int >= 1."""
+    return check_int(capacity, "capacity", minimum=1, hint="1 is one-to-one matching, K lets a target take K queries")
 
 
 def check_nan_policy(nan_policy: object) -> NanPolicy:
@@ -131,10 +128,7 @@ def sanitise(
     if nan.any():
         # Lexicographic "worst": one more NaN pair always costs more than any
         # re-arrangement of the finite pairs, so NaN pairs are used only when forced.
-        real = work[np.isfinite(work)]
-        low, high = (float(real.min()), float(real.max())) if real.size else (0.0, 0.0)
-        span = (high - low + 1.0) * (min(work.shape) + 1)
-        work[nan] = high + span
+        work[nan] = dominating_cost(work)
         warn_once(
             "nan_policy_worst",
             f"{where(*_first(nan))} is NaN; nan_policy='worst' treats NaN costs as worse than any "
