@@ -133,8 +133,10 @@ def mask_points(
     batch = pred_masks.shape[0]
     if num_points is None and points is None:
         logits = pred_masks
-        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]):
+        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]) and logits.shape[1] > 0:
             logits = F.interpolate(logits.float(), size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
+        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]):  # no predictions to resize
+            logits = logits.new_zeros(batch, 0, *target_masks.shape[-2:])
         return logits.flatten(2).float(), target_masks.flatten(2).float()
     if points is None:
         count = check_int(num_points, "num_points", minimum=1, where="mask_points", hint="or None for every pixel")
