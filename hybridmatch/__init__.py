@@ -14,7 +14,20 @@ from .attention import (
     to_additive_mask,
     to_sdpa_mask,
 )
-from .costs import CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
+from .costs import (
+    ClassIoUQuality,
+    Cost,
+    CostSum,
+    FocalClassCost,
+    GIoUCost,
+    IoUQuality,
+    KeypointL1Cost,
+    L1BoxCost,
+    MaskBCECost,
+    MaskDiceCost,
+    OKSCost,
+    SoftmaxClassCost,
+)
 from .criterion import HybridCriterion, KeyMap
 from .distributed import global_num_boxes
 from .errors import (
@@ -28,7 +41,16 @@ from .errors import (
     InvalidTargetError,
     ShapeError,
 )
-from .matchers import GroupMatcher, HungarianMatcher, OneToManyMatcher, TopKMatcher
+from .matchers import (
+    Groups,
+    GroupMatcher,
+    Hungarian,
+    HungarianMatcher,
+    Matcher,
+    OneToManyMatcher,
+    TopK,
+    TopKMatcher,
+)
 from .schemes import HybridBranch, HybridEpoch, HybridLayer
 from .solvers import (
     assignment_to_pairs,
@@ -43,11 +65,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "ClassIoUQuality",
     "ConfigurationError",
+    "Cost",
     "CostSum",
     "FocalClassCost",
     "GIoUCost",
     "GroupMatcher",
+    "Groups",
+    "Hungarian",
     "HungarianMatcher",
     "HybridBranch",
     "HybridCriterion",
@@ -59,14 +85,20 @@ __all__ = [
     "InvalidCostError",
     "InvalidPredictionError",
     "InvalidTargetError",
+    "IoUQuality",
     "KeyMap",
+    "KeypointL1Cost",
     "L1BoxCost",
+    "MaskBCECost",
+    "MaskDiceCost",
+    "Matcher",
+    "OKSCost",
     "OneToManyMatcher",
     "PaddedTargets",
     "ShapeError",
     "SoftmaxClassCost",
+    "TopK",
     "TopKMatcher",
-    "__version__",
     "assignment_to_pairs",
     "available_backends",
     "batched_linear_sum_assignment",
@@ -81,4 +113,5 @@ __all__ = [
     "repeat_targets",
     "to_additive_mask",
     "to_sdpa_mask",
+    "__version__",
 ]

@@ -71,9 +71,13 @@ class PaddedTargets:
     Valid entries of each image are compacted to the left: image ``b``'s objects sit at
     ``[b, :num_targets_list[b]]`` in their original order.
 
+    Every tensor is also readable by key, ``padded["boxes"]``, ``padded["keypoints"]``, ...:
+    ``labels``, ``boxes``, ``valid`` and the ``extras``; this is how costs read targets.
+
     Attributes:
         labels (Tensor[B, M_max] int64): class ids; :data:`PADDING_LABEL` (-1) at padding.
-        boxes (Tensor[B, M_max, 4] floating): cxcywh normalised; :data:`PADDING_BOX` at padding.
+        boxes (Tensor[B, M_max, 4] floating or None): cxcywh normalised; :data:`PADDING_BOX` at
+            padding. ``None`` only for targets without boxes, padded with ``require_boxes=False``.
         valid (Tensor[B, M_max] bool): True at real objects.
         num_targets (Tensor[B] int64): objects per image, on the same device as ``labels``.
         num_targets_list (list[int]): the same counts on the host (read without a device sync).
@@ -83,7 +87,7 @@ class PaddedTargets:
     """
 
     labels: Tensor
-    boxes: Tensor
+    boxes: Tensor | None
     valid: Tensor
     num_targets: Tensor
     num_targets_list: list[int]
@@ -102,6 +106,8 @@ class PaddedTargets:
             "num_targets": (b,),
         }
         for name, shape in expected.items():
+            if name == "boxes" and self.boxes is None:
+                continue
             got = tuple(getattr(self, name).shape)
             if got != shape:
                 raise ShapeError(
@@ -132,6 +138,26 @@ class PaddedTargets:
                     f"got shape {tuple(value.shape)}"
                 )
 
+    def __getitem__(self, key: str) -> Tensor:
+        """The padded tensor of ``key``: ``labels``, ``boxes``, ``valid`` or an extra key."""
+        if key in ("labels", "valid") or (key == "boxes" and self.boxes is not None):
+            return getattr(self, key)  # type: ignore[no-any-return]
+        try:
+            return self.extras[key]
+        except KeyError:
+            raise KeyError(
+                f"PaddedTargets has no {key!r}; it holds {list(self.keys())}. Pad it with "
+                f"pad_targets(..., per_object_keys=[{key!r}, ...])"
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def keys(self) -> list[str]:
+        """The keys readable with ``padded[key]``."""
+        core = ["labels", "boxes", "valid"] if self.boxes is not None else ["labels", "valid"]
+        return core + list(self.extras)
+
     @property
     def batch_size(self) -> int:
         """``B``, the number of images."""
@@ -151,7 +177,7 @@ class PaddedTargets:
         """Return a copy with every tensor on ``device`` (the host-side counts are shared)."""
         return PaddedTargets(
             labels=self.labels.to(device),
-            boxes=self.boxes.to(device),
+            boxes=None if self.boxes is None else self.boxes.to(device),
             valid=self.valid.to(device),
             num_targets=self.num_targets.to(device),
             num_targets_list=list(self.num_targets_list),
@@ -169,7 +195,9 @@ class PaddedTargets:
         """
         out: list[dict[str, Tensor]] = []
         for b, n in enumerate(self.num_targets_list):
-            image = {"labels": self.labels[b, :n], "boxes": self.boxes[b, :n]}
+            image = {"labels": self.labels[b, :n]}
+            if self.boxes is not None:
+                image["boxes"] = self.boxes[b, :n]
             for key, value in self.extras.items():
                 image[key] = value[b, :n]
             out.append(image)
@@ -181,6 +209,7 @@ def pad_targets(
     *,
     per_object_keys: Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    require_boxes: bool = True,
 ) -> PaddedTargets:
     """Pad a DETR list of per-image target dicts into one :class:`PaddedTargets` batch.
 
@@ -193,6 +222,8 @@ def pad_targets(
             first dimension ``M_i``.
         device: where the result lives; ``None`` keeps the targets' device (CPU when ``B = 0``).
             Without it every per-object tensor must already be on one device.
+        require_boxes: with ``False``, targets without ``boxes`` (masks or keypoints alone) are
+            accepted and give ``boxes=None``; boxes present in some images only still raise.
 
     Returns:
         :class:`PaddedTargets` with ``labels`` ``Tensor[B, M_max]`` int64 (-1 at padding),
@@ -219,10 +250,10 @@ def pad_targets(
         >>> batch.num_targets_list
         [2, 0]
     """
-    counts = _validate_core(targets, caller="pad_targets")
+    counts, has_boxes = _validate_core(targets, caller="pad_targets", require_boxes=require_boxes)
     keys = _resolve_per_object_keys(targets, counts, per_object_keys, caller="pad_targets")
     if device is None:
-        _check_one_device(targets, keys)
+        _check_one_device(targets, keys, has_boxes)
         out_device = targets[0]["labels"].device if len(targets) > 0 else torch.device("cpu")
     else:
         out_device = torch.device(device)
@@ -235,7 +266,7 @@ def pad_targets(
     if batch_size == 0:
         return PaddedTargets(
             labels=torch.zeros((0, 0), dtype=torch.int64, device=out_device),
-            boxes=torch.zeros((0, 0, 4), device=out_device),
+            boxes=torch.zeros((0, 0, 4), device=out_device) if has_boxes else None,
             valid=valid,
             num_targets=num_targets,
             num_targets_list=[],
@@ -244,11 +275,13 @@ def pad_targets(
     labels = _pad(
         [t["labels"] for t in targets], torch.int64, out_device, padding_value=PADDING_LABEL
     )
-    box_dtype = _promoted_dtype([t["boxes"] for t in targets])
-    boxes = _pad([t["boxes"] for t in targets], box_dtype, out_device, padding_value=0.0)
-    # torch.where rather than boxes[~valid] = ...: boolean-mask assignment would sync the GPU.
-    pad_box = torch.tensor(PADDING_BOX, dtype=box_dtype, device=out_device)
-    boxes = torch.where(valid[..., None], boxes, pad_box)
+    boxes: Tensor | None = None
+    if has_boxes:
+        box_dtype = _promoted_dtype([t["boxes"] for t in targets])
+        boxes = _pad([t["boxes"] for t in targets], box_dtype, out_device, padding_value=0.0)
+        # torch.where rather than boxes[~valid] = ...: boolean-mask assignment would sync the GPU.
+        pad_box = torch.tensor(PADDING_BOX, dtype=box_dtype, device=out_device)
+        boxes = torch.where(valid[..., None], boxes, pad_box)
 
     extras: dict[str, Tensor] = {}
     for key in keys:
@@ -280,6 +313,7 @@ def repeat_targets(
     k: int,
     *,
     per_object_keys: Sequence[str] | None = None,
+    require_boxes: bool = True,
 ) -> list[dict[str, Any]]:
     """Repeat every image's ground truth ``k`` times, GT-major, as H-DETR's one-to-many branch does.
 
@@ -293,6 +327,7 @@ def repeat_targets(
         targets: ``B`` dicts with ``labels`` ``Tensor[M_i]`` and ``boxes`` ``Tensor[M_i, 4]``.
         k: the number of copies ``K``, an ``int >= 1`` (H-DETR uses 6).
         per_object_keys: the extra per-object keys to tile; ``None`` detects them.
+        require_boxes: with ``False``, targets without ``boxes`` are accepted.
 
     Returns:
         ``B`` new dicts with ``labels`` ``Tensor[K * M_i]``, ``boxes`` ``Tensor[K * M_i, 4]``,
@@ -309,7 +344,7 @@ def repeat_targets(
         tensor([4, 9, 4, 9, 4, 9])
     """
     k = _check_copies(k, caller="repeat_targets")
-    counts = _validate_core(targets, caller="repeat_targets")
+    counts, _ = _validate_core(targets, caller="repeat_targets", require_boxes=require_boxes)
     keys = set(_resolve_per_object_keys(targets, counts, per_object_keys, caller="repeat_targets"))
     keys.update(_CORE_KEYS)
     out: list[dict[str, Any]] = []
@@ -351,8 +386,10 @@ def repeat_padded_targets(padded: PaddedTargets, k: int) -> PaddedTargets:
     rows = torch.arange(batch_size, device=device)[:, None]
 
     labels = torch.where(valid, padded.labels[rows, source], PADDING_LABEL)
-    pad_box = torch.tensor(PADDING_BOX, dtype=padded.boxes.dtype, device=device)
-    boxes = torch.where(valid[..., None], padded.boxes[rows, source], pad_box)
+    boxes: Tensor | None = None
+    if padded.boxes is not None:
+        pad_box = torch.tensor(PADDING_BOX, dtype=padded.boxes.dtype, device=device)
+        boxes = torch.where(valid[..., None], padded.boxes[rows, source], pad_box)
     extras: dict[str, Tensor] = {}
     for key, value in padded.extras.items():
         gathered = value[rows, source]
@@ -496,21 +533,31 @@ def _is_integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
-def _validate_core(targets: Sequence[Mapping[str, Any]], *, caller: str) -> list[int]:
-    """Check ``labels`` and ``boxes`` of every image; return ``M_i`` per image (host ints)."""
+def _validate_core(
+    targets: Sequence[Mapping[str, Any]], *, caller: str, require_boxes: bool = True
+) -> tuple[list[int], bool]:
+    """Check ``labels`` and ``boxes`` of every image; return ``M_i`` per image and whether boxes exist."""
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise InvalidTargetError(
             f"{caller}: targets must be a list of per-image dicts, got "
             f"{type(targets).__name__}; wrap a single image as [target]"
         )
     counts: list[int] = []
+    with_boxes = [isinstance(image, Mapping) and "boxes" in image for image in targets]
+    has_boxes = require_boxes or (len(targets) > 0 and all(with_boxes))
+    if not require_boxes and any(with_boxes) and not all(with_boxes):
+        i = with_boxes.index(False)
+        raise InvalidTargetError(
+            f"{caller}: targets[{i}] has no 'boxes' but targets[{with_boxes.index(True)}] has; "
+            f"give every image boxes (shape (0, 4) when it has no objects) or none"
+        )
     for i, image in enumerate(targets):
         if not isinstance(image, Mapping):
             raise InvalidTargetError(
                 f"{caller}: targets[{i}] must be a dict with 'labels' and 'boxes', got "
                 f"{type(image).__name__}"
             )
-        for key in _CORE_KEYS:
+        for key in _CORE_KEYS if has_boxes else ("labels",):
             if key not in image:
                 raise InvalidTargetError(
                     f"{caller}: targets[{i}] has no {key!r} (keys: {sorted(map(str, image))}); "
@@ -523,7 +570,7 @@ def _validate_core(targets: Sequence[Mapping[str, Any]], *, caller: str) -> list
                     f"{caller}: targets[{i}][{key!r}] must be a Tensor, got "
                     f"{type(image[key]).__name__}; convert it with torch.as_tensor"
                 )
-        labels, boxes = image["labels"], image["boxes"]
+        labels = image["labels"]
         if not _is_integer_dtype(labels.dtype):
             raise InvalidTargetError(
                 f"{caller}: targets[{i}]['labels'] has dtype {labels.dtype}; labels must be "
@@ -535,6 +582,10 @@ def _validate_core(targets: Sequence[Mapping[str, Any]], *, caller: str) -> list
                 f"{caller}: targets[{i}]['labels'] has shape {tuple(labels.shape)}; labels must "
                 f"be 1-D (M_i,), e.g. labels.flatten() or labels.squeeze(-1)"
             )
+        counts.append(int(labels.shape[0]))
+        if not has_boxes:
+            continue
+        boxes = image["boxes"]
         if not boxes.dtype.is_floating_point:
             raise InvalidTargetError(
                 f"{caller}: targets[{i}]['boxes'] has dtype {boxes.dtype}; boxes must be "
@@ -550,8 +601,7 @@ def _validate_core(targets: Sequence[Mapping[str, Any]], *, caller: str) -> list
                 f"{caller}: targets[{i}] has {labels.shape[0]} labels but {boxes.shape[0]} "
                 f"boxes; 'labels' and 'boxes' need one entry per object"
             )
-        counts.append(int(labels.shape[0]))
-    return counts
+    return counts, has_boxes
 
 
 def _resolve_per_object_keys(
@@ -618,10 +668,11 @@ def _resolve_per_object_keys(
     return tuple(keys_list)
 
 
-def _check_one_device(targets: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
+def _check_one_device(targets: Sequence[Mapping[str, Any]], keys: Sequence[str], has_boxes: bool) -> None:
     first: tuple[str, torch.device] | None = None
+    core = _CORE_KEYS if has_boxes else ("labels",)
     for i, image in enumerate(targets):
-        for key in (*_CORE_KEYS, *keys):
+        for key in (*core, *keys):
             value_device = image[key].device
             if first is None:
                 first = (f"targets[{i}][{key!r}]", value_device)

@@ -43,3 +43,33 @@ def padded_batches(
         )
     )
     return cost, counts
+
+
+@st.composite
+def poses(draw: st.DrawFn, max_queries: int = 5, max_targets: int = 4, max_joints: int = 6) -> tuple:
+    """Predicted keypoints (1, N, J, 2), target keypoints (1, M, J, 3) with v in {0, 1, 2}, areas (1, M)."""
+    import torch
+
+    n = draw(st.integers(0, max_queries))
+    m = draw(st.integers(0, max_targets))
+    j = draw(st.integers(1, max_joints))
+    coordinate = st.floats(-2.0, 2.0, allow_nan=False, width=32)
+    pred = draw(hnp.arrays(np.float32, (1, n, j, 2), elements=coordinate))
+    xy = draw(hnp.arrays(np.float32, (1, m, j, 2), elements=coordinate))
+    visibility = draw(hnp.arrays(np.float32, (1, m, j, 1), elements=st.sampled_from([0.0, 1.0, 2.0])))
+    area = draw(hnp.arrays(np.float32, (1, m), elements=st.floats(0.0, 4.0, width=32)))
+    return torch.from_numpy(pred), torch.from_numpy(np.concatenate([xy, visibility], axis=-1)), torch.from_numpy(area)
+
+
+@st.composite
+def mask_batches(draw: st.DrawFn, max_queries: int = 4, max_targets: int = 3) -> tuple:
+    """Mask logits (1, N, H, W) and binary target masks (1, M, H', W') of small random sizes."""
+    import torch
+
+    n = draw(st.integers(0, max_queries))
+    m = draw(st.integers(0, max_targets))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    th, tw = draw(st.sampled_from([(h, w), (2 * h, 2 * w)]))
+    logits = draw(hnp.arrays(np.float32, (1, n, h, w), elements=st.floats(-30, 30, width=32)))
+    masks = draw(hnp.arrays(np.bool_, (1, m, th, tw)))
+    return torch.from_numpy(logits), torch.from_numpy(masks)

@@ -35,6 +35,7 @@ class Targets:
 
     labels: torch.Tensor
     boxes: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------- float64 references
@@ -111,7 +112,8 @@ def make_batch(
         "pred_logits": torch.randn(batch, queries, classes, generator=generator) * 3,
         "pred_boxes": random_cxcywh(generator, batch, queries),
     }
-    labels = torch.randint(0, classes, (batch, targets), generator=generator)
+    # Below classes - 1, so that the labels are real classes for the softmax layout too.
+    labels = torch.randint(0, classes - 1, (batch, targets), generator=generator)
     return outputs, Targets(labels=labels, boxes=random_cxcywh(generator, batch, targets))
 
 
@@ -281,7 +283,8 @@ def test_real_columns_do_not_depend_on_padded_columns() -> None:
     labels, boxes = targets.labels.clone(), targets.boxes.clone()
     labels[:, num_real:] = torch.tensor([-1, 10_000])
     boxes[:, num_real:] = torch.tensor([[0.0, 0.0, 0.0, 0.0], [5.0, -3.0, -1.0, 0.0]])
-    changed = cost(outputs, Targets(labels=labels, boxes=boxes))
+    valid = torch.arange(5)[None, :].expand(2, 5) < num_real
+    changed = cost(outputs, Targets(labels=labels, boxes=boxes, valid=valid))
     original = cost(outputs, targets)
     assert torch.isfinite(changed).all()
     assert torch.equal(changed[:, :, :num_real], original[:, :, :num_real])

@@ -194,7 +194,7 @@ def test_nan_policy_worst_survives_a_nan_query() -> None:
 @pytest.mark.parametrize(
     ("mutate", "error", "message"),
     [
-        (lambda o, t: o.update(pred_boxes=o["pred_boxes"][..., :3]), ShapeError, r"pred_boxes'\] must be \(B, N, 4\)"),
+        (lambda o, t: o.update(pred_boxes=o["pred_boxes"][..., :3]), ShapeError, r"pred_boxes must have shape \(B, N, 4\), got \(2, 12, 3\)"),
         (lambda o, t: t.pop(), ShapeError, "holds 2 images but 1 target dicts"),
         (lambda o, t: o.update(pred_logits=o["pred_logits"][:, :5]), ShapeError, "12 queries|5 queries"),
         (lambda o, t: t[0].pop("boxes"), InvalidTargetError, "boxes"),

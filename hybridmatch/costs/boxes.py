@@ -1,0 +1,101 @@
+"""Box costs: L1 distance and negative generalized IoU."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from ..boxes import box_cxcywh_to_xyxy, pairwise_giou
+from ..errors import ShapeError
+from ._base import Cost, Shared, check_same_batch, key_repr, read_target, shape_of
+
+__all__ = ["l1_box_cost", "giou_cost", "L1BoxCost", "GIoUCost"]
+
+
+def l1_box_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    """L1 distance between every predicted and every target box.
+
+    Any box format works as long as both use the same one (DETR uses normalised
+    ``cxcywh``).
+
+    Args:
+        pred_boxes (Tensor[B, N, 4]): predicted boxes.
+        target_boxes (Tensor[B, M, 4]): target boxes.
+
+    Returns:
+        Tensor[B, N, M] float32: ``sum_i |pred_boxes[b, n, i] - target_boxes[b, m, i]|``.
+    """
+    _check_box_inputs("l1_box_cost", pred_boxes, target_boxes)
+    # Broadcasting rather than torch.cdist: cdist has no float16 path on every device,
+    # and this stays exact in float32 for the small N x M of matching.
+    diff = pred_boxes.float().unsqueeze(2) - target_boxes.float().unsqueeze(1)
+    return diff.abs().sum(dim=-1)
+
+
+def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    """Negative generalized IoU between every predicted and every target box.
+
+    See :func:`hybridmatch.boxes.pairwise_giou` for the degenerate-box rules (finite,
+    never NaN).
+
+    Args:
+        pred_boxes (Tensor[B, N, 4]): predicted boxes, ``cxcywh``.
+        target_boxes (Tensor[B, M, 4]): target boxes, ``cxcywh``.
+
+    Returns:
+        Tensor[B, N, M] float32, in [-1, 1].
+    """
+    _check_box_inputs("giou_cost", pred_boxes, target_boxes)
+    pred_xyxy = box_cxcywh_to_xyxy(pred_boxes.float())
+    target_xyxy = box_cxcywh_to_xyxy(target_boxes.float())
+    return -pairwise_giou(pred_xyxy, target_xyxy)
+
+
+class _BoxCost(Cost):
+    target_keys = ("boxes",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.output_keys = (key,)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({key_repr(self.key, 'pred_boxes')})"
+
+
+class L1BoxCost(_BoxCost):
+    """L1 box cost on ``outputs[key]`` and ``targets.boxes``; see :func:`l1_box_cost`.
+
+    Args:
+        key (str): the outputs entry holding the boxes, Tensor[B, N, 4] ``cxcywh``.
+    """
+
+    def __init__(self, *, key: str = "pred_boxes") -> None:
+        super().__init__(key)
+
+    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        return l1_box_cost(outputs[self.key], read_target(targets, "boxes", self))
+
+
+class GIoUCost(_BoxCost):
+    """Negative GIoU on ``outputs[key]`` and ``targets.boxes``; see :func:`giou_cost`.
+
+    Args:
+        key (str): the outputs entry holding the boxes, Tensor[B, N, 4] ``cxcywh``.
+    """
+
+    def __init__(self, *, key: str = "pred_boxes") -> None:
+        super().__init__(key)
+
+    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        return giou_cost(outputs[self.key], read_target(targets, "boxes", self))
+
+
+def _check_box_inputs(function: str, pred_boxes: Tensor, target_boxes: Tensor) -> None:
+    for name, boxes, size in (("pred_boxes", pred_boxes, "N"), ("target_boxes", target_boxes, "M")):
+        if boxes.ndim != 3 or boxes.shape[2] != 4:
+            raise ShapeError(
+                f"{function}: {name} must have shape (B, {size}, 4), got {shape_of(boxes)}"
+            )
+    check_same_batch(function, "pred_boxes", pred_boxes, "target_boxes", target_boxes)

@@ -1,0 +1,313 @@
+"""Mask costs for segmentation DETRs (Mask2Former, MaskDINO): dice and sigmoid cross-entropy.
+
+Mask2Former matches on a few thousand points per image rather than on whole masks: one set
+of ``P`` points, drawn uniformly in the image, is shared by every prediction and every target
+of that image, and both are read there by bilinear interpolation. The cost then never holds
+anything of the masks' resolution beyond the inputs themselves: memory is ``O(B (N + M) P)``
+however large the masks are. ``num_points=None`` is the exact mode instead: every pixel of the
+target resolution (predictions are resized to it bilinearly when the sizes differ), for small
+masks.
+
+Points are ``(x, y)`` in ``[0, 1]``, read as ``grid_sample(..., align_corners=False,
+padding_mode="border")`` reads them: pixel ``i`` covers ``[i / W, (i + 1) / W)`` and points
+within half a pixel of the border take the border pixel's value, so every pixel has the same
+weight (with zero padding, Mask2Former's choice, border pixels count half).
+
+With ``p = sigmoid(logit)`` at each point and ``t`` the target's value there (0 or 1 for
+binary masks), the formulas are Mask2Former's:
+
+* dice: ``1 - (2 * sum(p * t) + 1) / (sum(p) + sum(t) + 1)``, in [0, 1];
+* sigmoid cross-entropy: ``mean over points of BCE(logit, t)``, >= 0.
+
+Both are finite for empty target masks and for all-zero (or extreme) logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_int
+from ..errors import ShapeError
+from ._base import Cost, Shared, check_same_batch, key_repr, read_output, read_target, shape_of
+
+__all__ = [
+    "DEFAULT_NUM_POINTS",
+    "sample_points",
+    "point_sample",
+    "mask_points",
+    "mask_dice_cost",
+    "mask_bce_cost",
+    "dice_cost_on_points",
+    "bce_cost_on_points",
+    "MaskDiceCost",
+    "MaskBCECost",
+]
+
+#: Mask2Former's points per image for matching: 112 * 112.
+DEFAULT_NUM_POINTS = 12544
+
+
+def sample_points(
+    batch: int,
+    num_points: int,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``num_points`` uniform random points per image, ``Tensor[B, P, 2]`` float32 ``(x, y)`` in [0, 1).
+
+    Args:
+        batch (int): ``B``.
+        num_points (int): ``P``.
+        device: where the points live.
+        generator (torch.Generator, optional): the random stream; the points are drawn on the
+            generator's device and moved to ``device``.
+    """
+    where = generator.device if generator is not None else torch.device(device)
+    points = torch.rand(batch, num_points, 2, generator=generator, device=where)
+    return points.to(device)
+
+
+def point_sample(masks: Tensor, points: Tensor) -> Tensor:
+    """Read ``masks`` at ``points`` by bilinear interpolation, in float32.
+
+    Equal to ``F.grid_sample(masks.float(), 2 * points[:, None] - 1, align_corners=False,
+    padding_mode="border")[:, :, 0]``, but gathers the four neighbours first and converts only
+    those to float32, so no tensor of the masks' resolution is created (bool and uint8 masks
+    stay as they are).
+
+    Args:
+        masks (Tensor[B, K, H, W]): any dtype (bool, uint8, float16, float32, ...).
+        points (Tensor[B, P, 2]): ``(x, y)`` in [0, 1].
+
+    Returns:
+        Tensor[B, K, P] float32.
+    """
+    batch, channels, height, width = masks.shape
+    num_points = points.shape[1]
+    x = (points[..., 0].float() * width - 0.5).clamp(0, width - 1)  # (B, P) pixel coordinates
+    y = (points[..., 1].float() * height - 0.5).clamp(0, height - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
+    wx, wy = (x - x0)[:, None, :], (y - y0)[:, None, :]  # (B, 1, P)
+    flat = masks.reshape(batch, channels, height * width)
+
+    def corner(row: Tensor, column: Tensor) -> Tensor:
+        index = (row * width + column)[:, None, :].expand(batch, channels, num_points)
+        return flat.gather(2, index).float()
+
+    top = corner(y0, x0) * (1 - wx) + corner(y0, x1) * wx
+    bottom = corner(y1, x0) * (1 - wx) + corner(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def mask_points(
+    pred_masks: Tensor,
+    target_masks: Tensor,
+    num_points: int | None = DEFAULT_NUM_POINTS,
+    *,
+    points: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Read predictions and targets at one shared point set per image.
+
+    Args:
+        pred_masks (Tensor[B, N, H, W]): mask logits.
+        target_masks (Tensor[B, M, H', W']): target masks (bool, integer or float in [0, 1]).
+        num_points (int or None): ``P`` points per image; ``None`` reads every pixel of the
+            target resolution (the exact mode; predictions are resized to ``(H', W')``
+            bilinearly when the sizes differ).
+        points (Tensor[B, P, 2], optional): the points, ``(x, y)`` in [0, 1]; drawn
+            uniformly when not given.
+        generator (torch.Generator, optional): the random stream for drawing the points.
+
+    Returns:
+        ``(Tensor[B, N, P] float32 logits, Tensor[B, M, P] float32 target values)``.
+    """
+    _check_masks("mask_points", pred_masks, target_masks)
+    batch = pred_masks.shape[0]
+    if num_points is None and points is None:
+        logits = pred_masks
+        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]) and logits.shape[1] > 0:
+            logits = F.interpolate(logits.float(), size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
+        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]):  # no predictions to resize
+            logits = logits.new_zeros(batch, 0, *target_masks.shape[-2:])
+        return logits.flatten(2).float(), target_masks.flatten(2).float()
+    if points is None:
+        count = check_int(num_points, "num_points", minimum=1, where="mask_points", hint="or None for every pixel")
+        points = sample_points(batch, count, device=pred_masks.device, generator=generator)
+    elif points.ndim != 3 or points.shape[0] != batch or points.shape[2] != 2:
+        raise ShapeError(f"mask_points: points must have shape (B, P, 2) with B = {batch}, got {shape_of(points)}")
+    points = points.to(pred_masks.device)
+    return point_sample(pred_masks, points), point_sample(target_masks, points)
+
+
+def dice_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
+    """Mask2Former's dice cost on sampled values: ``Tensor[B, N, P]`` logits, ``Tensor[B, M, P]`` targets.
+
+    Returns:
+        Tensor[B, N, M] float32 in [0, 1]: ``1 - (2 * p.t + 1) / (sum p + sum t + 1)``.
+    """
+    probs = pred_logits.float().sigmoid()
+    targets = targets.float()
+    numerator = 2 * torch.bmm(probs, targets.transpose(1, 2))
+    denominator = probs.sum(-1)[:, :, None] + targets.sum(-1)[:, None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def bce_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
+    """Mask2Former's sigmoid cross-entropy cost on sampled values, averaged over the ``P`` points.
+
+    Returns:
+        Tensor[B, N, M] float32, >= 0.
+    """
+    logits = pred_logits.float()
+    targets = targets.float()
+    positive = F.softplus(-logits)  # BCE against 1
+    negative = F.softplus(logits)  # BCE against 0
+    total = torch.bmm(positive, targets.transpose(1, 2)) + torch.bmm(negative, (1 - targets).transpose(1, 2))
+    return total / max(logits.shape[-1], 1)
+
+
+def mask_dice_cost(
+    pred_masks: Tensor,
+    target_masks: Tensor,
+    num_points: int | None = DEFAULT_NUM_POINTS,
+    *,
+    points: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Dice cost between every predicted and every target mask, on shared sampled points.
+
+    See the module docstring for the formula and :func:`mask_points` for the arguments.
+
+    Returns:
+        Tensor[B, N, M] float32 in [0, 1].
+
+    Example:
+        >>> pred = torch.full((1, 1, 4, 4), -20.0); pred[0, 0, :2] = 20.0   # top half
+        >>> target = torch.zeros(1, 2, 4, 4, dtype=torch.bool); target[0, 0, :2] = True
+        >>> mask_dice_cost(pred, target, num_points=None)  # exact: 1 - 17/17 and 1 - 1/9
+        tensor([[[0.0000, 0.8889]]])
+    """
+    return dice_cost_on_points(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
+
+
+def mask_bce_cost(
+    pred_masks: Tensor,
+    target_masks: Tensor,
+    num_points: int | None = DEFAULT_NUM_POINTS,
+    *,
+    points: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sigmoid cross-entropy cost between every predicted and every target mask, on shared points.
+
+    See the module docstring for the formula and :func:`mask_points` for the arguments.
+
+    Returns:
+        Tensor[B, N, M] float32, >= 0.
+    """
+    return bce_cost_on_points(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
+
+
+class _MaskCost(Cost):
+    def __init__(self, num_points: int | None, seed: int | None, key: str, target_key: str) -> None:
+        if num_points is not None:
+            num_points = check_int(num_points, "num_points", minimum=1, where=type(self).__name__, hint="or None for every pixel")
+        self.num_points = num_points
+        self.seed = None if seed is None else check_int(seed, "seed", minimum=0, where=type(self).__name__)
+        self._generator = None if seed is None else torch.Generator().manual_seed(self.seed)
+        self.key = key
+        self.target_key = target_key
+        self.output_keys = (key,)
+        self.target_keys = (target_key,)
+
+    def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
+        pred = read_output(outputs, self.key, self)
+        target = read_target(targets, self.target_key, self)
+        _check_masks(type(self).__name__, pred, target)
+
+    def _points(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> tuple[Tensor, Tensor]:
+        # Every mask cost of one call with the same inputs and num_points reads the same points:
+        # the first draws them (from its generator), the others reuse the samples.
+        slot = ("mask_points", self.key, self.target_key, self.num_points)
+        if slot not in shared:
+            shared[slot] = mask_points(
+                outputs[self.key], read_target(targets, self.target_key, self), self.num_points, generator=self._generator
+            )
+        return shared[slot]  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        parts = [
+            "" if self.num_points == DEFAULT_NUM_POINTS else f"num_points={self.num_points!r}",
+            "" if self.seed is None else f"seed={self.seed}",
+            key_repr(self.key, "pred_masks"),
+            key_repr(self.target_key, "masks", "target_key"),
+        ]
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
+
+
+class MaskDiceCost(_MaskCost):
+    """Dice cost on ``outputs[key]`` mask logits and the targets' masks; see :func:`mask_dice_cost`.
+
+    Args:
+        num_points (int or None): points per image (Mask2Former: 12544); ``None`` for every pixel.
+        seed (int, optional): seeds this cost's own point stream (it advances call by call);
+            without it the points come from torch's global generator on the masks' device.
+        key (str): the outputs entry with the mask logits ``(B, N, H, W)`` (default ``pred_masks``).
+        target_key (str): the target entry with the masks ``(M, H', W')`` (default ``masks``).
+    """
+
+    def __init__(
+        self,
+        num_points: int | None = DEFAULT_NUM_POINTS,
+        *,
+        seed: int | None = None,
+        key: str = "pred_masks",
+        target_key: str = "masks",
+    ) -> None:
+        super().__init__(num_points, seed, key, target_key)
+
+    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        return dice_cost_on_points(*self._points(outputs, targets, shared))
+
+
+class MaskBCECost(_MaskCost):
+    """Sigmoid cross-entropy cost on ``outputs[key]`` and the targets' masks; see :func:`mask_bce_cost`.
+
+    Args: as :class:`MaskDiceCost`.
+    """
+
+    def __init__(
+        self,
+        num_points: int | None = DEFAULT_NUM_POINTS,
+        *,
+        seed: int | None = None,
+        key: str = "pred_masks",
+        target_key: str = "masks",
+    ) -> None:
+        super().__init__(num_points, seed, key, target_key)
+
+    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        return bce_cost_on_points(*self._points(outputs, targets, shared))
+
+
+def _check_masks(function: str, pred: Tensor, target: Tensor) -> None:
+    if pred.ndim != 4:
+        raise ShapeError(f"{function}: predicted masks must have shape (B, N, H, W) logits, got {shape_of(pred)}")
+    if not pred.is_floating_point():
+        raise ShapeError(f"{function}: predicted masks must be floating logits, got {pred.dtype}")
+    if target.ndim != 4:
+        raise ShapeError(
+            f"{function}: target masks must have shape (B, M, H, W) once padded ((M, H, W) per image), "
+            f"got {shape_of(target)}"
+        )
+    if target.is_complex():
+        raise ShapeError(f"{function}: target masks must be bool, integer or float, got {target.dtype}")
+    check_same_batch(function, "predicted masks", pred, "target masks", target)
