@@ -83,7 +83,10 @@ def _inputs() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     generator = torch.Generator().manual_seed(1)
     pixel_values = torch.rand(2, 3, 64, 64, generator=generator)
     labels = [
-        {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
+        {
+            "class_labels": torch.tensor([0, 2]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]]),
+        },
         {
             "class_labels": torch.tensor([1, 1, 0]),
             "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.8, 0.1, 0.2], [0.8, 0.2, 0.3, 0.1]]),
@@ -114,7 +117,11 @@ def _assert_losses_equal(actual: dict, expected: dict, keys: object = None) -> N
 
 def _weighted_sum(loss_dict: dict, config: object, class_weight: float = 1.0) -> torch.Tensor:
     """transformers' weighting, written out: loss_ce 1, L1 and GIoU from the config."""
-    weights = {"loss_ce": class_weight, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
+    weights = {
+        "loss_ce": class_weight,
+        "loss_bbox": config.bbox_loss_coefficient,
+        "loss_giou": config.giou_loss_coefficient,
+    }
     total = torch.zeros((), dtype=torch.float64)
     for key, value in loss_dict.items():
         base = key if key in weights else key.rsplit("_", 1)[0]
@@ -225,7 +232,8 @@ def test_loss_settings_come_from_the_config(kind: str) -> None:
 def test_weight_dict_overrides_the_class_weight() -> None:
     model = _tiny_model("conditional")
     pixel_values, labels = _inputs()
-    install_hybrid_loss(model, HybridLayer(k=K, num_one2many_layers=1), weight_dict={"loss_ce": model.config.cls_loss_coefficient})
+    class_weight = model.config.cls_loss_coefficient  # 2; transformers' own loss uses 1
+    install_hybrid_loss(model, HybridLayer(k=K, num_one2many_layers=1), weight_dict={"loss_ce": class_weight})
     with torch.no_grad():
         actual = model(pixel_values=pixel_values, labels=labels)
     expected = _weighted_sum(actual.loss_dict, model.config, class_weight=2.0)
@@ -369,6 +377,32 @@ def test_epoch_scheme_without_auxiliary_loss_supervises_the_final_layer() -> Non
     assert sorted(actual.loss_dict) == ["cardinality_error", "loss_bbox", "loss_ce", "loss_giou"]
     _assert_losses_equal(actual.loss_dict, expected.loss_dict)
     assert actual.auxiliary_outputs is None
+
+
+def test_other_models_of_the_detr_convention_work_too() -> None:
+    # YOLOS computes its loss with transformers' ForObjectDetectionLoss, as DETR does
+    config = transformers.YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=[64, 64],
+        patch_size=16,
+        num_detection_tokens=12,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    model = transformers.YolosForObjectDetection(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    pixel_values, labels = _inputs()
+    expected = _own_loss(model, pixel_values, _repeated(labels, K))
+    install_hybrid_loss(model, HybridEpoch(k=K, one2many_fraction=0.5, total_epochs=2))
+    with torch.no_grad():
+        actual = model(pixel_values=pixel_values, labels=labels)
+    _assert_losses_equal(actual.loss_dict, expected.loss_dict)
+    torch.testing.assert_close(actual.loss, expected.loss)
 
 
 def test_layer_scheme_must_leave_the_final_layer_one2one() -> None:

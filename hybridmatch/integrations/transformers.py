@@ -52,7 +52,7 @@ from torch import Tensor
 from ..criterion import HybridCriterion, KeyMap
 from ..errors import ConfigurationError, InvalidTargetError
 from ..matchers import HungarianMatcher, Matches, OneToManyMatcher
-from ..schemes import HybridBranch, HybridEpoch, HybridLayer, Scheme
+from ..schemes import HybridBranch, HybridEpoch, HybridLayer
 from ..solvers._validate import NanPolicy
 
 __all__ = ["HybridLoss", "install_hybrid_loss"]
@@ -299,15 +299,13 @@ class HybridLoss:
         criterion_class = _transformers().criteria[self.convention]
         losses = ["labels", "boxes", "cardinality"]
         num_classes = _setting(config, "num_labels")
+        class_setting = (
+            {"focal_alpha": _setting(config, "focal_alpha")}
+            if focal
+            else {"eos_coef": _setting(config, "eos_coefficient")}
+        )
         try:
-            if focal:
-                criterion = criterion_class(
-                    matcher=matcher, num_classes=num_classes, focal_alpha=_setting(config, "focal_alpha"), losses=losses
-                )
-            else:
-                criterion = criterion_class(
-                    matcher=matcher, num_classes=num_classes, eos_coef=_setting(config, "eos_coefficient"), losses=losses
-                )
+            criterion = criterion_class(matcher=matcher, num_classes=num_classes, losses=losses, **class_setting)
         except TypeError as error:
             raise ImportError(
                 f"transformers {_transformers().version}'s {criterion_class.__name__} takes other arguments "
