@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 
 import pytest
@@ -453,3 +454,14 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
             install_hybrid_loss(torch.nn.Linear(2, 2), HybridLayer(k=K, num_one2many_layers=1))
     finally:
         integration._transformers.cache_clear()
+
+
+def test_importing_hybridmatch_does_not_import_transformers() -> None:
+    # transformers is imported by install_hybrid_loss, not by importing hybridmatch or the adapter
+    code = (
+        "import sys, hybridmatch, hybridmatch.integrations.transformers\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
