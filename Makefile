@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,coco,examples]"
+	$(BIN)/pip install --quiet -e ".[test,coco,examples,transformers]"
 	touch $@
 
 $(BIN)/.docs-installed: $(BIN)/.installed

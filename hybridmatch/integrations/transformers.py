@@ -1,0 +1,490 @@
+"""Hybrid matching for Hugging Face transformers' DETR-family detectors.
+
+transformers computes a detector's training loss in ``model.loss_function``, called by the
+model's ``forward`` when ``labels=`` is given::
+
+    loss, loss_dict, auxiliary_outputs = model.loss_function(
+        logits, labels, device, pred_boxes, config, outputs_class, outputs_coord)
+
+:func:`install_hybrid_loss` replaces that function with a :class:`HybridLoss`, which
+computes the same losses under a hybrid-matching scheme of H-DETR ("DETRs with Hybrid
+Matching", Jia et al., CVPR 2023): :class:`~hybridmatch.schemes.HybridLayer` (the first
+decoder layers matched against the ground truth repeated K times) or
+:class:`~hybridmatch.schemes.HybridEpoch` (every layer, in the first epochs). Neither
+needs a change to the model. A forward with ``labels=`` then returns the hybrid loss;
+nothing else about the model changes (its ``state_dict``, inference and outputs stay as
+they were).
+
+Everything is read from ``model.config``, as transformers' own loss reads it:
+
+* matcher costs: ``class_cost``, ``bbox_cost``, ``giou_cost``; the class cost is the softmax
+  probability for DETR, YOLOS and Table Transformer (transformers' ``ForObjectDetectionLoss``)
+  and the sigmoid focal cost (alpha 0.25, gamma 2) for Deformable DETR, Conditional DETR and
+  DAB-DETR (``DeformableDetrForObjectDetectionLoss``);
+* class loss: cross-entropy with no-object weight ``eos_coefficient``, or sigmoid focal with
+  ``focal_alpha``;
+* loss weights: ``loss_ce`` 1, ``loss_bbox`` ``bbox_loss_coefficient``, ``loss_giou``
+  ``giou_loss_coefficient``, the same for every decoder layer;
+* per-layer losses: ``auxiliary_loss``.
+
+The class and box losses are transformers' own criterion classes (so an inactive or
+one-to-one scheme gives exactly the model's own loss); matching is hybridmatch's
+:class:`~hybridmatch.matchers.HungarianMatcher` with the config's costs, batched, and the
+one-to-many layers are matched with a capacity-K solve
+(:class:`~hybridmatch.matchers.OneToManyMatcher`) rather than against K explicit copies,
+which gives the same losses. The criterion classes live in private transformers modules;
+this adapter is the only place hybridmatch imports them, and it names the transformers
+version when they are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..criterion import HybridCriterion, KeyMap
+from ..errors import ConfigurationError, InvalidTargetError
+from ..matchers import HungarianMatcher, Matches, OneToManyMatcher
+from ..schemes import HybridBranch, HybridEpoch, HybridLayer
+from ..solvers._validate import NanPolicy
+
+__all__ = ["HybridLoss", "install_hybrid_loss"]
+
+#: The oldest transformers release with the DETR loss interfaces this adapter uses (read in
+#: 5.0.0's source; the tests run on the installed release, 5.24 when this was written).
+MIN_TRANSFORMERS_VERSION = "5.0"
+
+_INSTALL_HINT = 'pip install "hybridmatch[transformers]"'
+_LOSS_KEYS = ("loss_ce", "loss_bbox", "loss_giou")
+_SUPPORTED = (
+    "DETR, YOLOS and Table Transformer (transformers' ForObjectDetectionLoss) and Deformable DETR, "
+    "Conditional DETR and DAB-DETR (DeformableDetrForObjectDetectionLoss)"
+)
+
+Convention = Literal["softmax", "focal"]
+LossOutput = tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]
+
+
+@dataclass(frozen=True)
+class _Transformers:
+    """The parts of transformers the adapter uses; see :func:`_transformers`."""
+
+    version: str
+    pretrained_model: type
+    losses: Mapping[Any, Convention]  # transformers' loss function -> its convention
+    criteria: Mapping[Convention, type]  # convention -> transformers' criterion class
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers() -> _Transformers:
+    """Import transformers and its DETR losses once, with errors that say what to install."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            f"hybridmatch.integrations.transformers needs transformers: {_INSTALL_HINT}"
+        ) from error
+    try:
+        from transformers.loss.loss_deformable_detr import (
+            DeformableDetrForObjectDetectionLoss,
+            DeformableDetrImageLoss,
+        )
+        from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, ImageLoss
+    except ImportError as error:
+        raise ImportError(
+            f"transformers {transformers.__version__} lacks the DETR loss classes hybridmatch adapts "
+            f"({error}); hybridmatch.integrations.transformers needs transformers >= "
+            f"{MIN_TRANSFORMERS_VERSION}: {_INSTALL_HINT}"
+        ) from error
+    return _Transformers(
+        version=transformers.__version__,
+        pretrained_model=transformers.PreTrainedModel,
+        losses={ForObjectDetectionLoss: "softmax", DeformableDetrForObjectDetectionLoss: "focal"},
+        criteria={"softmax": ImageLoss, "focal": DeformableDetrImageLoss},
+    )
+
+
+def install_hybrid_loss(
+    model: torch.nn.Module,
+    scheme: HybridLayer | HybridEpoch,
+    *,
+    weight_dict: Mapping[str, float] | None = None,
+    backend: str = "auto",
+    nan_policy: NanPolicy = "raise",
+) -> HybridLoss:
+    """Make a transformers DETR-family detector train with a hybrid-matching scheme.
+
+    Replaces ``model.loss_function`` with a :class:`HybridLoss` built from ``model.config``
+    (see the module docstring for what is read); a forward with ``labels=`` then returns
+    the hybrid loss in ``outputs.loss`` and its terms in ``outputs.loss_dict``, under the
+    model's own key names (``loss_ce``, ``loss_bbox_0``, ...). Call ``scheme.step()`` once
+    per finished epoch; :meth:`HybridLoss.uninstall` restores the model's own loss.
+
+    Args:
+        model: a transformers ``*ForObjectDetection`` model whose loss is transformers'
+            ``ForObjectDetectionLoss`` (DETR, YOLOS, Table Transformer) or
+            ``DeformableDetrForObjectDetectionLoss`` (Deformable DETR, Conditional DETR,
+            DAB-DETR).
+        scheme: :class:`~hybridmatch.schemes.HybridLayer` (needs
+            ``model.config.auxiliary_loss = True``: it supervises the decoder layers' own
+            predictions) or :class:`~hybridmatch.schemes.HybridEpoch`. The hybrid branch
+            needs a second query group and an attention mask in the decoder, which
+            transformers' models do not have.
+        weight_dict: optional overrides of the loss weights ``loss_ce``, ``loss_bbox``,
+            ``loss_giou`` (default: transformers' ``1``, ``config.bbox_loss_coefficient``,
+            ``config.giou_loss_coefficient``). transformers weights the class loss 1 even
+            where the config has a ``cls_loss_coefficient`` (Conditional DETR, DAB-DETR);
+            pass ``{"loss_ce": config.cls_loss_coefficient}`` to follow those papers.
+        backend (str): the assignment solver, see
+            :func:`~hybridmatch.solvers.batched_linear_sum_assignment`.
+        nan_policy (str): ``"raise"`` (default: a NaN prediction raises an error naming it)
+            or ``"worst"`` (NaN costs match last, as transformers' matcher does; warned once).
+
+    Returns:
+        HybridLoss: the installed loss function (also ``model.loss_function``).
+
+    Raises:
+        ImportError: transformers is missing or lacks the DETR losses.
+        TypeError: ``model`` is not a transformers model, or ``scheme`` not a scheme.
+        ConfigurationError: the model's loss is not one of the two above, a hybrid loss is
+            already installed, the scheme is :class:`~hybridmatch.schemes.HybridBranch`,
+            ``HybridLayer`` is used with ``config.auxiliary_loss = False`` or with as many
+            one-to-many layers as the decoder has, or the config lacks a setting.
+
+    Example:
+        >>> import pytest; _ = pytest.importorskip("transformers")  # skipped without transformers
+        >>> from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+        >>> from hybridmatch import HybridLayer
+        >>> backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1],
+        ...                         layer_type="basic", out_features=["stage4"])
+        >>> config = DeformableDetrConfig(
+        ...     backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+        ...     num_feature_levels=1, d_model=32, encoder_layers=1, decoder_layers=3,
+        ...     encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, num_labels=3, auxiliary_loss=True)
+        >>> model = DeformableDetrForObjectDetection(config)
+        >>> hybrid = install_hybrid_loss(model, HybridLayer(k=4, num_one2many_layers=2))
+        >>> labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+        >>> outputs = model(pixel_values=torch.rand(1, 3, 64, 64), labels=labels)
+        >>> sorted(key for key in outputs.loss_dict if key.startswith("loss_ce"))
+        ['loss_ce', 'loss_ce_0', 'loss_ce_1']
+        >>> hybrid.uninstall()
+    """
+    parts = _transformers()
+    if not isinstance(model, parts.pretrained_model):
+        raise TypeError(
+            f"model must be a transformers PreTrainedModel (e.g. DeformableDetrForObjectDetection), "
+            f"got {type(model).__name__}"
+        )
+    if isinstance(scheme, HybridBranch):
+        raise ConfigurationError(
+            "HybridBranch needs a second group of queries and a self-attention mask in the decoder, "
+            f"which {type(model).__name__} does not have; use HybridLayer or HybridEpoch, which need no "
+            "model change"
+        )
+    if not isinstance(scheme, (HybridLayer, HybridEpoch)):
+        raise TypeError(f"scheme must be a HybridLayer or a HybridEpoch, got {type(scheme).__name__}")
+    current = model.loss_function
+    if isinstance(current, HybridLoss):
+        raise ConfigurationError(
+            f"{type(model).__name__} already has a hybrid loss installed ({current!r}); call its "
+            "uninstall() before installing another"
+        )
+    convention = next((kind for function, kind in parts.losses.items() if current is function), None)
+    if convention is None:
+        name = getattr(current, "__qualname__", type(current).__name__)
+        raise ConfigurationError(
+            f"{type(model).__name__} computes its loss with {name} (loss_type="
+            f"{getattr(model, 'loss_type', None)!r}), which hybridmatch cannot wrap; supported: {_SUPPORTED}; "
+            "if model.loss_function was replaced, put transformers' own back first"
+        )
+    hybrid = HybridLoss(
+        model,
+        scheme,
+        convention=convention,
+        original=current,
+        weight_dict=weight_dict,
+        backend=backend,
+        nan_policy=nan_policy,
+    )
+    hybrid.build_criterion()  # every config check, before the model changes
+    model.loss_function = hybrid
+    hybrid._installed = True
+    return hybrid
+
+
+class HybridLoss:
+    """A transformers ``loss_function`` that computes a DETR loss under a hybrid scheme.
+
+    Built and installed by :func:`install_hybrid_loss`; called by the model's forward as
+    transformers calls its own loss function. Not an ``nn.Module``, so installing it adds
+    nothing to the model's ``state_dict``; the scheme's state is ``scheme.state_dict()``.
+
+    Attributes:
+        model: the model it is installed on.
+        scheme (HybridLayer | HybridEpoch): the scheme; call ``scheme.step()`` per epoch.
+        convention (str): ``"softmax"`` (DETR's loss) or ``"focal"`` (Deformable DETR's).
+        original: the loss function :meth:`uninstall` puts back.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        scheme: HybridLayer | HybridEpoch,
+        *,
+        convention: Convention,
+        original: Callable[..., Any],
+        weight_dict: Mapping[str, float] | None = None,
+        backend: str = "auto",
+        nan_policy: NanPolicy = "raise",
+    ) -> None:
+        self.model = model
+        self.scheme = scheme
+        self.convention: Convention = convention
+        self.original = original
+        self.weight_overrides = _check_weight_dict(weight_dict)
+        self.backend = backend
+        self.nan_policy: NanPolicy = nan_policy
+        self._installed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"HybridLoss(model={type(self.model).__name__}, scheme={self.scheme!r}, "
+            f"convention={self.convention!r}, installed={self._installed})"
+        )
+
+    @property
+    def installed(self) -> bool:
+        """Whether this loss is the model's ``loss_function``."""
+        return self._installed and self.model.loss_function is self
+
+    def build_criterion(self, config: Any = None) -> HybridCriterion:
+        """The criterion a call uses: transformers' criterion wrapped with the scheme.
+
+        Args:
+            config: the model config to read; default ``model.config``.
+
+        Returns:
+            HybridCriterion: over transformers' criterion for the model (its matcher replaced
+            by a :class:`~hybridmatch.matchers.HungarianMatcher` with the config's costs),
+            with :meth:`~hybridmatch.criterion.KeyMap.huggingface` keys and a capacity-K
+            one-to-many matcher. Called as ``criterion(outputs, labels)`` on transformers'
+            outputs dict (``logits``, ``pred_boxes``, ``auxiliary_outputs``).
+
+        Raises:
+            ConfigurationError: a setting is missing or out of range (see
+                :func:`install_hybrid_loss`).
+        """
+        config = self.model.config if config is None else config
+        self._check_scheme(config)
+        focal = self.convention == "focal"
+        costs = {
+            "cost_class": _setting(config, "class_cost"),
+            "cost_bbox": _setting(config, "bbox_cost"),
+            "cost_giou": _setting(config, "giou_cost"),
+        }
+        # transformers' focal matcher fixes alpha 0.25 and gamma 2 (config.focal_alpha is the loss's).
+        settings: dict[str, Any] = {
+            "class_cost": "focal" if focal else "softmax",
+            "backend": self.backend,
+            "nan_policy": self.nan_policy,
+        }
+        matcher = _HuggingFaceMatcher(HungarianMatcher(**costs, **settings))
+        one2many = _HuggingFaceMatcher(OneToManyMatcher(self.scheme.k, **costs, **settings))
+        criterion_class = _transformers().criteria[self.convention]
+        losses = ["labels", "boxes", "cardinality"]
+        num_classes = _setting(config, "num_labels")
+        class_setting = (
+            {"focal_alpha": _setting(config, "focal_alpha")}
+            if focal
+            else {"eos_coef": _setting(config, "eos_coefficient")}
+        )
+        try:
+            criterion = criterion_class(matcher=matcher, num_classes=num_classes, losses=losses, **class_setting)
+        except TypeError as error:
+            raise ImportError(
+                f"transformers {_transformers().version}'s {criterion_class.__name__} takes other arguments "
+                f"than hybridmatch expects ({error}); {_INSTALL_HINT}"
+            ) from error
+        return HybridCriterion(
+            criterion,
+            self.scheme,
+            key_map=KeyMap.huggingface(),
+            one2many_matcher=one2many,
+            # transformers' criterion reads only class_labels and boxes, which are always repeated.
+            per_object_keys=(),
+        )
+
+    def loss_weights(self, num_layers: int, config: Any = None) -> dict[str, float]:
+        """The weight of every loss key, as transformers' ``weight_dict`` (overrides applied).
+
+        Args:
+            num_layers (int): decoder layers supervised (1 without auxiliary losses).
+            config: the model config to read; default ``model.config``.
+
+        Returns:
+            dict: ``loss_ce``, ``loss_bbox``, ``loss_giou`` and their ``_{i}`` copies for the
+            earlier layers ``i < num_layers - 1``; logging keys (``cardinality_error``) have none.
+        """
+        config = self.model.config if config is None else config
+        base = {
+            "loss_ce": 1.0,
+            "loss_bbox": float(_setting(config, "bbox_loss_coefficient")),
+            "loss_giou": float(_setting(config, "giou_loss_coefficient")),
+        }
+        base.update(self.weight_overrides)
+        weights = dict(base)
+        for layer in range(num_layers - 1):
+            weights.update({f"{key}_{layer}": value for key, value in base.items()})
+        return weights
+
+    def __call__(
+        self,
+        logits: Tensor,
+        labels: Sequence[Mapping[str, Tensor]],
+        device: torch.device | str,
+        pred_boxes: Tensor,
+        config: Any,
+        outputs_class: Tensor | None = None,
+        outputs_coord: Tensor | None = None,
+        **kwargs: Any,
+    ) -> LossOutput:
+        """Compute the hybrid loss; the signature of transformers' DETR loss functions.
+
+        Args:
+            logits (Tensor[B, N, C]): the final layer's class logits.
+            labels: B dicts with ``class_labels (Tensor[M_b] int64)`` and ``boxes
+                (Tensor[M_b, 4])`` cxcywh normalised.
+            device: the model's device.
+            pred_boxes (Tensor[B, N, 4]): the final layer's boxes, cxcywh normalised.
+            config: the model config.
+            outputs_class (Tensor[L, B, N, C], optional): every decoder layer's logits, given
+                when ``config.auxiliary_loss`` is True.
+            outputs_coord (Tensor[L, B, N, 4], optional): every decoder layer's boxes.
+
+        Returns:
+            ``(loss, loss_dict, auxiliary_outputs)`` as transformers returns them: the weighted
+            sum (0-dim Tensor), every loss term by name, and the earlier layers' predictions
+            (or None).
+        """
+        outputs: dict[str, Any] = {"logits": logits, "pred_boxes": pred_boxes}
+        auxiliary_outputs = None
+        if _setting(config, "auxiliary_loss") and outputs_class is not None and outputs_coord is not None:
+            auxiliary_outputs = [
+                {"logits": layer_logits, "pred_boxes": layer_boxes}
+                for layer_logits, layer_boxes in zip(outputs_class[:-1], outputs_coord[:-1])
+            ]
+            outputs["auxiliary_outputs"] = auxiliary_outputs
+        criterion = self.build_criterion(config).to(device)
+        loss_dict = criterion(outputs, labels)
+        weights = self.loss_weights(len(auxiliary_outputs or []) + 1, config)
+        loss = sum(value * weights[key] for key, value in loss_dict.items() if key in weights)
+        if not isinstance(loss, Tensor):
+            loss = logits.sum() * 0.0  # no weighted term at all: keep the graph
+        return loss, loss_dict, auxiliary_outputs
+
+    def uninstall(self) -> None:
+        """Put the model's own loss function back; a no-op when not installed.
+
+        Raises:
+            ConfigurationError: ``model.loss_function`` was replaced by something else since
+                the install (nothing is restored, so that replacement is not lost).
+        """
+        if not self._installed:
+            return
+        current = self.model.loss_function
+        if current is not self:
+            raise ConfigurationError(
+                f"model.loss_function is no longer this HybridLoss (it is {current!r}); it was replaced "
+                "after install_hybrid_loss, so nothing was restored"
+            )
+        self.model.loss_function = self.original
+        self._installed = False
+
+    def __enter__(self) -> HybridLoss:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_scheme(self, config: Any) -> None:
+        auxiliary = bool(_setting(config, "auxiliary_loss"))
+        if isinstance(self.scheme, HybridLayer) and self.scheme.num_one2many_layers > 0:
+            if not auxiliary:
+                raise ConfigurationError(
+                    f"HybridLayer supervises the decoder layers' own predictions, but "
+                    f"{type(config).__name__}.auxiliary_loss is False, so the model computes none; set "
+                    "model.config.auxiliary_loss = True before training"
+                )
+            num_layers = getattr(config, "decoder_layers", None)
+            if isinstance(num_layers, int):
+                try:
+                    self.scheme.supervision(num_layers - 1, num_layers)
+                except ConfigurationError as error:
+                    raise ConfigurationError(f"{error} (model.config.decoder_layers = {num_layers})") from None
+
+
+class _HuggingFaceMatcher(torch.nn.Module):
+    """A hybridmatch matcher speaking transformers' keys (``logits``, ``class_labels``).
+
+    It stands in for transformers' matcher inside transformers' criterion, which calls
+    ``matcher(outputs, targets)`` and expects DETR's ``(pred_idx, tgt_idx)`` pairs.
+    """
+
+    def __init__(self, matcher: HungarianMatcher) -> None:
+        super().__init__()
+        self.matcher = matcher
+
+    @property
+    def capacity(self) -> int:
+        """Queries per target (read by :class:`~hybridmatch.criterion.HybridCriterion`)."""
+        return self.matcher.capacity
+
+    def forward(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> Matches:
+        renamed_outputs = {"pred_logits": outputs["logits"], "pred_boxes": outputs["pred_boxes"]}
+        for index, target in enumerate(targets):
+            if "class_labels" not in target or "boxes" not in target:
+                raise InvalidTargetError(
+                    f"labels[{index}] has keys {sorted(target)}; transformers' detection models need "
+                    "'class_labels' (Tensor[M] int64) and 'boxes' (Tensor[M, 4], cxcywh normalised)"
+                )
+        renamed_targets = [{"labels": t["class_labels"], "boxes": t["boxes"]} for t in targets]
+        try:
+            return self.matcher(renamed_outputs, renamed_targets)
+        except InvalidTargetError as error:  # name transformers' key, not hybridmatch's
+            raise InvalidTargetError(str(error).replace("['labels']", "['class_labels']")) from None
+
+
+def _setting(config: Any, name: str) -> Any:
+    if not hasattr(config, name):
+        raise ConfigurationError(
+            f"{type(config).__name__} has no {name!r}, which hybridmatch reads as transformers' DETR loss "
+            f"does; set model.config.{name} (supported models: {_SUPPORTED})"
+        )
+    return getattr(config, name)
+
+
+def _check_weight_dict(weight_dict: Mapping[str, float] | None) -> dict[str, float]:
+    if weight_dict is None:
+        return {}
+    if not isinstance(weight_dict, Mapping):
+        raise TypeError(f"weight_dict must be a mapping of loss name to weight, got {type(weight_dict).__name__}")
+    checked = {}
+    for key, value in weight_dict.items():
+        if key not in _LOSS_KEYS:
+            raise ConfigurationError(
+                f"weight_dict[{key!r}]: unknown loss; the weights are {list(_LOSS_KEYS)} (the per-layer "
+                "copies loss_ce_0, ... follow them)"
+            )
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ConfigurationError(f"weight_dict[{key!r}] must be a finite number, got {value!r}")
+        checked[key] = float(value)
+    return checked
