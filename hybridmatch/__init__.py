@@ -15,7 +15,7 @@ from .attention import (
     to_sdpa_mask,
 )
 from .costs import CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
-from .criterion import HybridCriterion, KeyMap
+from .criterion import HybridCriterion, KeyMap, hybrid_weight_dict, weighted_loss
 from .distributed import global_num_boxes
 from .errors import (
     BackendUnavailableError,
@@ -75,10 +75,12 @@ __all__ = [
     "global_num_boxes",
     "group_attention_mask",
     "hybrid_attention_mask",
+    "hybrid_weight_dict",
     "linear_sum_assignment",
     "pad_targets",
     "pairs_to_assignment",
     "repeat_targets",
     "to_additive_mask",
     "to_sdpa_mask",
+    "weighted_loss",
 ]
