@@ -271,7 +271,16 @@ class HybridCriterion(torch.nn.Module):
         if f"{keys.logits}{suffix}" in outputs:
             if self.training:
                 return None
-            return {key: value for key, value in outputs.items() if not key.endswith(suffix)}
+            one2one = {key: value for key, value in outputs.items() if not key.endswith(suffix)}
+            where = f"outputs[{keys.logits!r}]"
+            _expect_queries(one2one, keys.logits, where, scheme.num_one2one, "num_one2one")
+            return one2one
+        stray = [key for key in outputs if key.endswith(suffix)]
+        if stray:
+            raise InvalidPredictionError(
+                f"outputs has {stray} but no '{keys.logits}{suffix}'; H-DETR's layout needs the "
+                f"one-to-many group's logits too (or pass both groups concatenated in '{keys.logits}')"
+            )
         total = _query_count(outputs, keys.logits, f"outputs[{keys.logits!r}]")
         if total == scheme.num_queries():
             if self.training:

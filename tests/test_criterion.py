@@ -440,6 +440,10 @@ def test_hdetr_layout_query_counts_are_checked() -> None:
     short["aux_outputs_one2many"] = short["aux_outputs_one2many"][:1]
     with pytest.raises(ShapeError, match=r"outputs\['aux_outputs_one2many'\] has 1 layers but outputs\['aux_outputs'\] has 2"):
         hybrid(short, targets)
+    no_logits = hdetr_layout(21, [1], n1=4, n2=8)
+    del no_logits["pred_logits_one2many"]
+    with pytest.raises(InvalidPredictionError, match=r"'pred_boxes_one2many'.* but no 'pred_logits_one2many'"):
+        hybrid(no_logits, targets)
     bad_layer = hdetr_layout(21, [1], n1=4, n2=8)
     bad_layer["aux_outputs_one2many"][1]["pred_logits"] = bad_layer["aux_outputs_one2many"][1]["pred_logits"][:, :7]
     with pytest.raises(ShapeError, match=r"outputs\['aux_outputs_one2many'\]\[1\]\['pred_logits'\] has 7 queries .* 8"):
