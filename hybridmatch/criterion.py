@@ -738,18 +738,23 @@ def _check_foreign_costs(cost: Cost, matcher: Any, criterion: Any, k: object) ->
         expected_kind = "softmax"
     if expected_kind is not None and class_kinds and class_kinds != {expected_kind}:
         mismatched.append(
-            f"class cost {expected_kind} (the criterion has DETR's "
-            f"{'focal_alpha' if expected_kind == 'focal' else 'eos_coef'}; one2many_matcher: "
+            f"class cost {expected_kind} (the criterion has "
+            f"{'focal_alpha, as Deformable-DETR' if expected_kind == 'focal' else 'eos_coef, as DETR'}'s; "
+            f"one2many_matcher: "
             f"{'/'.join(sorted(class_kinds))})"
         )
     if mismatched:
-        kind = expected_kind or "softmax' for DETR, 'focal' for Deformable-DETR / H-DETR"
+        kind = (
+            f"class_cost={expected_kind!r}"
+            if expected_kind
+            else "class_cost='softmax' (DETR) or 'focal' (Deformable-DETR, H-DETR)"
+        )
         read = {name: getattr(matcher, name) for name in weights if hasattr(matcher, name)}
-        args = ", ".join(f"{name}={value!r}" for name, value in read.items())
+        args = "".join(f"{name}={value!r}, " for name, value in read.items())
         raise ConfigurationError(
             f"one2many_matcher's costs differ from criterion.matcher ({type(matcher).__name__}): "
             f"{'; '.join(mismatched)}. The one-to-many losses would silently change; build it as "
-            f"OneToManyMatcher(k={k}, {args}, class_cost='{kind}')"
+            f"OneToManyMatcher(k={k}, {args}{kind})"
         )
 
 
