@@ -28,7 +28,7 @@ from .costs import (
     OKSCost,
     SoftmaxClassCost,
 )
-from .criterion import HybridCriterion, KeyMap
+from .criterion import HybridCriterion, KeyMap, hybrid_weight_dict, weighted_loss
 from .distributed import global_num_boxes
 from .errors import (
     BackendUnavailableError,
@@ -107,11 +107,13 @@ __all__ = [
     "global_num_boxes",
     "group_attention_mask",
     "hybrid_attention_mask",
+    "hybrid_weight_dict",
     "linear_sum_assignment",
     "pad_targets",
     "pairs_to_assignment",
     "repeat_targets",
     "to_additive_mask",
     "to_sdpa_mask",
+    "weighted_loss",
     "__version__",
 ]

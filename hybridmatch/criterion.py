@@ -15,6 +15,16 @@ one loss dict:
 - hybrid layer: the first decoder layers (``aux_outputs[i]``) matched against
   repeated targets, the later ones and the final output one-to-one.
 
+The loss keys are always those the wrapped criterion returns on the same outputs,
+plus, for the hybrid branch, a ``_one2many`` copy of each key of the one-to-many
+group. In evaluation (``.eval()``), or when the outputs hold only the one-to-one
+queries, the wrapper returns the wrapped criterion's losses on the one-to-one
+queries, as DETR's ``evaluate()`` expects.
+
+:func:`hybrid_weight_dict` extends a DETR ``weight_dict`` with the ``_one2many``
+keys and :func:`weighted_loss` sums the weighted losses, skipping the logging keys
+(``class_error``, ``cardinality_error``) that DETR criteria return next to them.
+
 The wrapped criterion keeps doing what it did: its matcher, its losses, its
 ``num_boxes`` (which counts the repeated targets in one-to-many calls, as in
 H-DETR).
@@ -22,22 +32,32 @@ H-DETR).
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from ._warnings import warn_once
+from .costs import Cost, CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
 from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from .matchers import assignment_to_repeated
-from .schemes import Scheme, Supervision
+from .matchers import Hungarian, Matcher, OneToManyMatcher, assignment_to_repeated
+from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, Scheme, Supervision
 from .targets import PER_IMAGE_KEYS, repeat_targets
 
-__all__ = ["HybridCriterion", "KeyMap"]
+__all__ = ["HybridCriterion", "KeyMap", "hybrid_weight_dict", "weighted_loss"]
 
 Criterion = Callable[..., Mapping[str, Tensor]]
 Matches = list[tuple[Tensor, Tensor]]
+
+_logger = logging.getLogger(__name__)
+
+# An auxiliary layer's loss key: the criterion's key with the layer index appended.
+_LAYER_KEY = re.compile(r"(.+)_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -81,13 +101,41 @@ class HybridCriterion(torch.nn.Module):
             :class:`~hybridmatch.schemes.HybridEpoch` or :class:`~hybridmatch.schemes.HybridLayer`.
         key_map (KeyMap): the names of the entries; :meth:`KeyMap.huggingface` for
             Hugging Face models.
-        one2many_matcher: optional. A matcher that takes the *original* targets and lets each
-            object take up to K queries (e.g. ``OneToManyMatcher(k)`` or
-            ``HungarianMatcher(capacity=k)``). During one-to-many calls it stands in for
-            ``criterion.matcher``, so the K copies are never matched explicitly; its pairs are
-            spread over the copies, so the losses are those of matching the copies.
+        one2many_matcher: optional; ``None`` (default) matches the K copies of the targets
+            with ``criterion.matcher`` itself. Otherwise a matcher that takes the *original*
+            targets and lets each object take up to K queries; during one-to-many calls it
+            stands in for ``criterion.matcher``, so the K copies are never matched
+            explicitly, and its pairs are spread over the copies, so the losses are those of
+            matching the copies. ``"derive"`` builds it from ``criterion.matcher`` when that
+            is a hybridmatch matcher (same cost, backend and NaN policy, capacity K). A
+            matcher given here must use the costs of ``criterion.matcher``: for a hybridmatch
+            matcher the costs are compared term by term; for another one (DETR's) its
+            ``cost_class`` / ``cost_bbox`` / ``cost_giou`` weights, and the class cost
+            (softmax when the criterion has DETR's ``eos_coef``, focal when it has
+            ``focal_alpha``), are compared where they can be read. Its capacity must be the
+            scheme's ``k``. Mismatches raise :class:`~hybridmatch.errors.ConfigurationError`
+            here, at construction.
         per_object_keys: target keys to replicate; ``None`` replicates every per-object key
             (``boxes``, ``masks``, ``keypoints``, ``area``, ...).
+
+    Loss keys are the wrapped criterion's keys on the same outputs; the hybrid branch adds a
+    ``_one2many`` copy of each key of its one-to-many call. The hybrid layer scheme calls
+    the criterion once on the one-to-many layers, passed as ``aux_outputs`` so that the
+    criterion names them itself (the last of them is also passed as the final output, and
+    those final-output losses are dropped), and once on the one-to-one layers; the layer
+    indices are shifted back to the model's (``loss_ce_{i}``).
+
+    In evaluation (``self.training`` is False), or when the outputs hold only the
+    one-to-one group of a :class:`~hybridmatch.schemes.HybridBranch`
+    (``num_one2one`` queries, no ``*_one2many`` keys), the wrapped criterion is called
+    once on the one-to-one queries and its losses are returned as they are.
+
+    In the one-to-many phase of a :class:`~hybridmatch.schemes.HybridEpoch` the wrapped
+    criterion's ``num_boxes`` counts the K copies (``K * M``), as in H-DETR: terms summed
+    over matched pairs keep their scale, but terms summed over every query (the "no
+    object" part of the classification loss) are divided by about K compared with the
+    one-to-one phase, so the logged loss jumps at the switch. The wrapper logs this once
+    (``logging``, WARNING) when it sees the switch.
 
     Example:
         >>> from hybridmatch.schemes import HybridBranch
@@ -99,6 +147,8 @@ class HybridCriterion(torch.nn.Module):
         >>> targets = [{"labels": torch.tensor([1]), "boxes": torch.rand(1, 4)}]
         >>> {k: float(v) for k, v in hybrid(outputs, targets).items()}
         {'loss_bbox': 1.0, 'loss_bbox_one2many': 2.0}
+        >>> {k: float(v) for k, v in hybrid.eval()(outputs, targets).items()}  # one-to-one only
+        {'loss_bbox': 1.0}
     """
 
     def __init__(
@@ -107,7 +157,7 @@ class HybridCriterion(torch.nn.Module):
         scheme: Scheme,
         *,
         key_map: KeyMap | None = None,
-        one2many_matcher: Callable[..., Matches] | None = None,
+        one2many_matcher: Callable[..., Matches] | Literal["derive"] | None = None,
         per_object_keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -118,16 +168,15 @@ class HybridCriterion(torch.nn.Module):
                 f"scheme must be a hybridmatch.schemes.Scheme (HybridBranch, HybridEpoch, HybridLayer), "
                 f"got {type(scheme).__name__}"
             )
-        if one2many_matcher is not None and not hasattr(criterion, "matcher"):
-            raise TypeError(
-                "one2many_matcher replaces criterion.matcher during one-to-many calls, but the "
-                f"{type(criterion).__name__} passed has no 'matcher' attribute"
-            )
+        if one2many_matcher is not None:
+            one2many_matcher = _one2many_matcher_for(criterion, scheme, one2many_matcher)
         self.criterion = criterion
         self.scheme = scheme
         self.key_map = key_map if key_map is not None else KeyMap()
         self.one2many_matcher = one2many_matcher
         self.per_object_keys = per_object_keys
+        self._last_final_k: int | None = None
+        self._switch_logged = False
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}, key_map={self.key_map!r}"
@@ -144,13 +193,14 @@ class HybridCriterion(torch.nn.Module):
 
         Args:
             outputs: the model's outputs in the criterion's convention.
-            targets: B target dicts.
+            targets: a list of B target dicts.
             epoch (int, optional): the epoch to supervise for; default ``scheme.epoch``.
             **kwargs: passed on to the criterion.
 
         Returns:
             The merged loss dict: the criterion's keys, one-to-many ones suffixed per the
-            scheme and already multiplied by the group's weight.
+            scheme and already multiplied by the group's weight. In evaluation, or for
+            outputs of the one-to-one group only, the criterion's own dict.
         """
         keys = self.key_map
         if not isinstance(outputs, Mapping) or keys.logits not in outputs:
@@ -158,11 +208,17 @@ class HybridCriterion(torch.nn.Module):
             raise InvalidPredictionError(
                 f"outputs[{keys.logits!r}] is missing (got {present}); pass key_map= for another convention"
             )
-        aux = outputs.get(keys.aux_outputs) or []
-        num_layers = len(aux) + 1
+        _check_targets_list(targets, keys.labels)
+        aux = _aux_layers(outputs, keys.aux_outputs)
         counts = [self._count(target, index) for index, target in enumerate(targets)]
-        self.scheme.check_targets(max(counts, default=0), epoch)
 
+        one2one = self._one2one_only(outputs, aux)
+        if one2one is not None:
+            return dict(_check_result(self.criterion(one2one, targets, **kwargs), "criterion"))
+
+        self._check_query_counts(outputs, aux)
+        num_layers = len(aux) + 1
+        self.scheme.check_targets(max(counts, default=0), epoch)
         plan: list[tuple[Supervision, list[int]]] = []
         for layer in range(num_layers):
             for group in self.scheme.supervision(layer, num_layers, epoch):
@@ -172,6 +228,7 @@ class HybridCriterion(torch.nn.Module):
                         break
                 else:
                     plan.append((group, [layer]))
+        self._note_epoch_switch(num_layers, epoch)
 
         losses: dict[str, Tensor] = {}
         repeated: dict[int, list[dict[str, Any]]] = {}
@@ -180,10 +237,10 @@ class HybridCriterion(torch.nn.Module):
             if group.k > 1 and group.k not in repeated:
                 repeated[group.k] = self._repeat(targets, group.k)
             group_targets = repeated[group.k] if group.k > 1 else targets
-            for layer_outputs, layer_suffix in self._layer_calls(group_outputs, layers, num_layers):
-                result = self._call(layer_outputs, group_targets, group, **kwargs)
-                for key, value in result.items():
-                    name = f"{key}{layer_suffix}{group.suffix}"
+            for call_outputs, first, num_aux, keep_final in self._layer_calls(group_outputs, layers, num_layers):
+                result = self._call(call_outputs, group_targets, group, **kwargs)
+                for key, value in _layer_losses(result, first, num_aux, keep_final).items():
+                    name = f"{key}{group.suffix}"
                     value = value * group.weight if group.weight != 1.0 else value
                     losses[name] = losses[name] + value if name in losses else value
         return losses
@@ -198,6 +255,126 @@ class HybridCriterion(torch.nn.Module):
             )
         return len(target[self.key_map.labels])
 
+    def _one2one_only(self, outputs: Mapping[str, Any], aux: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The outputs to hand to the plain criterion, or None when the scheme applies.
+
+        In evaluation: the one-to-one queries (the outputs themselves for schemes of one
+        group). In training: the outputs themselves when they hold only a hybrid branch's
+        one-to-one group (said once, since a model that forgot its one-to-many queries
+        would otherwise train one-to-one unnoticed).
+        """
+        keys = self.key_map
+        scheme = self.scheme
+        if not isinstance(scheme, HybridBranch):
+            return None if self.training else dict(outputs)
+        suffix = keys.one2many_suffix
+        if f"{keys.logits}{suffix}" in outputs:
+            if self.training:
+                return None
+            one2one = {key: value for key, value in outputs.items() if not key.endswith(suffix)}
+            where = f"outputs[{keys.logits!r}]"
+            _expect_queries(one2one, keys.logits, where, scheme.num_one2one, "num_one2one")
+            return one2one
+        stray = [key for key in outputs if key.endswith(suffix)]
+        if stray:
+            raise InvalidPredictionError(
+                f"outputs has {stray} but no '{keys.logits}{suffix}'; H-DETR's layout needs the "
+                f"one-to-many group's logits too (or pass both groups concatenated in '{keys.logits}')"
+            )
+        total = _query_count(outputs, keys.logits, f"outputs[{keys.logits!r}]")
+        if total == scheme.num_queries():
+            if self.training:
+                return None
+            group = Supervision(scheme.one2one_queries, 1, 1.0, False, "")
+            return self._group_outputs(outputs, group)
+        if total != scheme.num_one2one:
+            mode = "training" if self.training else "evaluation"
+            raise ShapeError(
+                f"outputs[{keys.logits!r}] has {total} queries but {scheme!r} expects "
+                f"num_one2one={scheme.num_one2one} (the one-to-one group, as at inference) or "
+                f"num_one2one + num_one2many={scheme.num_queries()} (both groups concatenated "
+                f"[one-to-one | one-to-many]) in {mode}; or pass H-DETR's "
+                f"'{keys.logits}{suffix}' entries for the one-to-many group"
+            )
+        for index, layer in enumerate(aux):
+            got = _query_count(layer, keys.logits, f"{keys.aux_outputs}[{index}][{keys.logits!r}]")
+            if got != total:
+                raise ShapeError(
+                    f"outputs[{keys.aux_outputs!r}][{index}][{keys.logits!r}] has {got} queries but "
+                    f"outputs[{keys.logits!r}] has {total}; every decoder layer must output the same queries"
+                )
+        if self.training:
+            warn_once(
+                f"criterion.one2one_only_in_training:{id(self)}",
+                f"HybridCriterion: the outputs hold only the {total} one-to-one queries of {scheme!r} "
+                f"while it is in training mode, so only the wrapped criterion's one-to-one losses are "
+                f"computed; pass the {scheme.num_queries()} concatenated queries (or H-DETR's "
+                f"'{keys.logits}{suffix}' entries) in training, and call .eval() on the criterion "
+                f"for evaluation",
+            )
+        return dict(outputs)
+
+    def _check_query_counts(self, outputs: Mapping[str, Any], aux: list[Mapping[str, Any]]) -> None:
+        """Every layer of every group has the query count the scheme expects."""
+        keys = self.key_map
+        suffix = keys.one2many_suffix
+        aux_key = keys.aux_outputs
+        logits_name = f"{keys.logits}{suffix}"
+        scheme = self.scheme
+        if logits_name in outputs and isinstance(scheme, HybridBranch):  # H-DETR's layout
+            aux_name = f"{aux_key}{suffix}"
+            aux_many = _aux_layers(outputs, aux_name)
+            if len(aux_many) != len(aux):
+                raise ShapeError(
+                    f"outputs[{aux_name!r}] has {len(aux_many)} layers but outputs[{aux_key!r}] has "
+                    f"{len(aux)}; the one-to-many group needs one entry per decoder layer, as the "
+                    f"one-to-one group (missing layers would go unsupervised)"
+                )
+            _expect_queries(outputs, keys.logits, f"outputs[{keys.logits!r}]", scheme.num_one2one, "num_one2one")
+            _expect_queries(outputs, logits_name, f"outputs[{logits_name!r}]", scheme.num_one2many, "num_one2many")
+            for index, (one, many) in enumerate(zip(aux, aux_many)):
+                where = f"outputs[{aux_key!r}][{index}][{keys.logits!r}]"
+                _expect_queries(one, keys.logits, where, scheme.num_one2one, "num_one2one")
+                where = f"outputs[{aux_name!r}][{index}][{keys.logits!r}]"
+                _expect_queries(many, keys.logits, where, scheme.num_one2many, "num_one2many")
+            return
+        expected = scheme.num_queries()
+        total = _query_count(outputs, keys.logits, f"outputs[{keys.logits!r}]")
+        if expected is not None and total != expected:
+            raise ShapeError(
+                f"outputs[{keys.logits!r}] has {total} queries but {scheme!r} expects {expected}; "
+                "pass the concatenated [one-to-one | one-to-many] queries in training, or H-DETR's "
+                f"'{logits_name}' entries"
+            )
+        for index, layer in enumerate(aux):
+            where = f"outputs[{aux_key!r}][{index}][{keys.logits!r}]"
+            got = _query_count(layer, keys.logits, where)
+            if got != total:
+                raise ShapeError(
+                    f"{where} has {got} queries but outputs[{keys.logits!r}] has {total} "
+                    f"(expected {total} in every decoder layer); check how the model builds "
+                    f"{aux_key!r}"
+                )
+
+    def _note_epoch_switch(self, num_layers: int, epoch: int | None) -> None:
+        """Log once when a hybrid epoch scheme turns one-to-one (the loss scale changes)."""
+        if not isinstance(self.scheme, HybridEpoch):
+            return
+        k = self.scheme.supervision(num_layers - 1, num_layers, epoch)[0].k
+        if self._last_final_k is not None and self._last_final_k > 1 and k == 1 and not self._switch_logged:
+            self._switch_logged = True
+            _logger.warning(
+                "HybridCriterion: %r switched from one-to-many (K=%d) to one-to-one matching. "
+                "In the one-to-many epochs the criterion's num_boxes counted the K copies of each "
+                "object, so losses summed over every query (the 'no object' part of the "
+                "classification loss) were divided by about K=%d more than now: expect the loss "
+                "to jump at this epoch; this is H-DETR's normalisation, not a divergence.",
+                self.scheme,
+                self._last_final_k,
+                self._last_final_k,
+            )
+        self._last_final_k = k
+
     def _group_outputs(self, outputs: Mapping[str, Any], group: Supervision) -> dict[str, Any]:
         """The outputs a group is supervised on, in the criterion's own layout."""
         keys = self.key_map
@@ -208,13 +385,6 @@ class HybridCriterion(torch.nn.Module):
                 return {key[: -len(suffix)]: value for key, value in outputs.items() if key.endswith(suffix)}
             return {key: value for key, value in outputs.items() if not key.endswith(suffix)}
         total = outputs[keys.logits].shape[1]
-        expected = self.scheme.num_queries()
-        if expected is not None and total != expected:
-            raise ShapeError(
-                f"outputs[{keys.logits!r}] has {total} queries but {self.scheme!r} expects {expected}; "
-                "pass the concatenated [one-to-one | one-to-many] queries in training, or H-DETR's "
-                f"'{keys.logits}{suffix}' entries"
-            )
         queries = group.queries
         if queries == slice(None) or range(total)[queries] == range(total):
             selected = dict(outputs)
@@ -233,18 +403,38 @@ class HybridCriterion(torch.nn.Module):
 
     def _layer_calls(
         self, outputs: dict[str, Any], layers: list[int], num_layers: int
-    ) -> list[tuple[dict[str, Any], str]]:
-        """One criterion call for all layers, or one per layer when the group has only some."""
-        if len(layers) == num_layers:
-            return [(outputs, "")]
+    ) -> list[tuple[dict[str, Any], int, int, bool]]:
+        """The criterion calls that supervise ``layers``: ``(outputs, first, num_aux, keep_final)``.
+
+        One call per run of consecutive layers ``first .. last``. The run's earlier layers
+        are passed as ``aux_outputs`` so that the criterion names their losses as it always
+        does (``_{j}``, shifted to ``_{first + j}`` afterwards). A run that ends at the
+        final output passes the final output (and the encoder's) as they are; a run that
+        ends earlier passes its last layer both as the final output, whose losses are
+        dropped (``keep_final`` False), and as the last ``aux_outputs`` entry.
+        """
         aux_key = self.key_map.aux_outputs
-        calls = []
-        for layer in layers:
-            if layer == num_layers - 1:
-                final = {key: value for key, value in outputs.items() if key != aux_key}
-                calls.append((final, ""))
+        final_layer = num_layers - 1
+        aux = outputs.get(aux_key) or []
+        if len(layers) == num_layers:
+            return [(outputs, 0, len(aux), True)]
+        runs: list[list[int]] = []
+        for layer in sorted(layers):
+            if runs and runs[-1][-1] == layer - 1:
+                runs[-1].append(layer)
             else:
-                calls.append((dict(outputs[aux_key][layer]), f"_{layer}"))
+                runs.append([layer])
+        calls = []
+        for run in runs:
+            first, last = run[0], run[-1]
+            if last == final_layer:
+                call = {key: value for key, value in outputs.items() if key != aux_key}
+                if first < final_layer:
+                    call[aux_key] = list(aux[first:final_layer])
+                calls.append((call, first, final_layer - first, True))
+            else:
+                call = {**aux[last], aux_key: list(aux[first : last + 1])}
+                calls.append((call, first, last + 1 - first, False))
         return calls
 
     def _repeat(self, targets: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -259,9 +449,9 @@ class HybridCriterion(torch.nn.Module):
         self, outputs: dict[str, Any], targets: Sequence[Mapping[str, Any]], group: Supervision, **kwargs: Any
     ) -> Mapping[str, Tensor]:
         if group.k == 1 or self.one2many_matcher is None:
-            return self.criterion(outputs, targets, **kwargs)
-        capacity = getattr(self.one2many_matcher, "capacity", group.k)
-        if capacity != group.k:
+            return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
+        capacity = _capacity(self.one2many_matcher)
+        if capacity is not None and capacity != group.k:
             raise ConfigurationError(
                 f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
                 f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
@@ -271,9 +461,315 @@ class HybridCriterion(torch.nn.Module):
             self.one2many_matcher, group.k, self.key_map.labels
         )
         try:
-            return self.criterion(outputs, targets, **kwargs)
+            return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
         finally:
             self.criterion.matcher = original  # type: ignore[attr-defined]
+
+
+def hybrid_weight_dict(weight_dict: Mapping[str, float], scheme: Scheme) -> dict[str, float]:
+    """The loss weights for :class:`HybridCriterion`'s keys under ``scheme``.
+
+    For a :class:`~hybridmatch.schemes.HybridBranch` every key ``k`` gains a key
+    ``k + "_one2many"`` with the *same* weight, as H-DETR builds its ``weight_dict``:
+    the wrapper has already multiplied the one-to-many losses by the scheme's weight
+    (``lambda``), so the weight dict must not do it again. Keys that already end in
+    ``_one2many`` are kept as they are. The hybrid epoch and layer schemes return the
+    criterion's own keys, so their weight dict is a copy of ``weight_dict``.
+
+    Args:
+        weight_dict (Mapping[str, float]): the DETR weight dict (``loss_ce``, ``loss_bbox``,
+            ``loss_giou``, their ``_{i}`` and ``_enc`` copies, ...).
+        scheme (Scheme): the scheme the criterion is wrapped with.
+
+    Returns:
+        dict[str, float]: a new dict; ``weight_dict`` is left as it is.
+
+    Example:
+        >>> from hybridmatch.schemes import HybridBranch
+        >>> hybrid_weight_dict({"loss_ce": 2.0, "loss_bbox": 5.0}, HybridBranch(weight=0.5))
+        {'loss_ce': 2.0, 'loss_bbox': 5.0, 'loss_ce_one2many': 2.0, 'loss_bbox_one2many': 5.0}
+    """
+    if not isinstance(weight_dict, Mapping):
+        raise ConfigurationError(
+            f"hybrid_weight_dict: weight_dict must be a dict of loss name -> weight, got "
+            f"{type(weight_dict).__name__}"
+        )
+    if not isinstance(scheme, Scheme):
+        raise TypeError(
+            f"hybrid_weight_dict: scheme must be a hybridmatch.schemes.Scheme, got {type(scheme).__name__}"
+        )
+    out = dict(weight_dict)
+    if isinstance(scheme, HybridBranch):
+        for key, value in weight_dict.items():
+            if not key.endswith(ONE2MANY_SUFFIX):
+                out.setdefault(f"{key}{ONE2MANY_SUFFIX}", value)
+    return out
+
+
+def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> Tensor:
+    """``sum(weight_dict[key] * losses[key])`` over the loss keys that have a weight.
+
+    DETR criteria return logging keys (``class_error``, ``cardinality_error``, their
+    ``_{i}`` and ``_one2many`` copies) next to the losses; they have no weight and are
+    skipped, as DETR's training loop does. Weights of keys absent from ``losses`` are
+    ignored (an evaluation call returns fewer keys). A key starting with ``loss`` that has
+    no weight is skipped too, but warned about once: it usually means the weight dict
+    lacks the one-to-many keys (see :func:`hybrid_weight_dict`).
+
+    Args:
+        losses (Mapping[str, Tensor]): a criterion's loss dict, scalar tensors.
+        weight_dict (Mapping[str, float]): loss name -> weight.
+
+    Returns:
+        Tensor: the scalar total.
+
+    Raises:
+        ConfigurationError: no key of ``losses`` has a weight.
+
+    Example:
+        >>> losses = {"loss_ce": torch.tensor(1.0), "class_error": torch.tensor(50.0)}
+        >>> weighted_loss(losses, {"loss_ce": 2.0})
+        tensor(2.)
+    """
+    if not isinstance(losses, Mapping) or not isinstance(weight_dict, Mapping):
+        raise ConfigurationError(
+            f"weighted_loss: losses and weight_dict must be dicts, got {type(losses).__name__} and "
+            f"{type(weight_dict).__name__}"
+        )
+    total: Tensor | None = None
+    unweighted = []
+    for key, value in losses.items():
+        if key in weight_dict:
+            term = weight_dict[key] * value
+            total = term if total is None else total + term
+        elif key.startswith("loss"):
+            unweighted.append(key)
+    if unweighted:
+        warn_once(
+            f"criterion.weighted_loss:{','.join(unweighted)}",
+            f"weighted_loss: {unweighted} have no weight in weight_dict and are left out of the "
+            f"total; add them (hybrid_weight_dict(weight_dict, scheme) adds the _one2many keys)",
+        )
+    if total is None:
+        raise ConfigurationError(
+            f"weighted_loss: none of the keys {list(losses)} has a weight in weight_dict "
+            f"(keys {list(weight_dict)}); pass the weight dict of this criterion"
+        )
+    return total
+
+
+# --------------------------------------------------------------------- private helpers
+
+
+def _check_targets_list(targets: object, label_key: str) -> None:
+    if isinstance(targets, Mapping):
+        raise InvalidTargetError(
+            f"targets must be a list of per-image dicts (one per image, each with {label_key!r}, "
+            f"'boxes', ...), got a single dict with keys {list(targets)}; for one image pass [targets]"
+        )
+    if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)):
+        raise InvalidTargetError(
+            f"targets must be a list of per-image dicts (one per image, each with {label_key!r}, "
+            f"'boxes', ...), got a {type(targets).__name__}"
+        )
+
+
+def _aux_layers(outputs: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    aux = outputs.get(key)
+    if aux is None:
+        return []
+    if isinstance(aux, Mapping) or not isinstance(aux, (list, tuple)):
+        raise InvalidPredictionError(
+            f"outputs[{key!r}] must be a list of per-layer dicts (one per earlier decoder layer, "
+            f"each like the outputs: logits, boxes, ...), got a {type(aux).__name__}"
+        )
+    for index, layer in enumerate(aux):
+        if not isinstance(layer, Mapping):
+            raise InvalidPredictionError(
+                f"outputs[{key!r}][{index}] must be a dict of that decoder layer's outputs "
+                f"(logits, boxes, ...), got a {type(layer).__name__}"
+            )
+    return list(aux)
+
+
+def _query_count(layer: Mapping[str, Any], key: str, where: str) -> int:
+    value = layer.get(key)
+    if not isinstance(value, Tensor) or value.ndim < 2:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise InvalidPredictionError(
+            f"{where} must be a tensor (B, N, C) of per-query logits, got {got}; every decoder "
+            f"layer's dict needs its logits"
+        )
+    return int(value.shape[1])
+
+
+def _expect_queries(layer: Mapping[str, Any], key: str, where: str, expected: int, name: str) -> None:
+    got = _query_count(layer, key, where)
+    if got != expected:
+        raise ShapeError(
+            f"{where} has {got} queries but the scheme's {name} is {expected}; build the model's "
+            f"query groups with the scheme's sizes"
+        )
+
+
+def _check_result(result: object, name: str) -> Mapping[str, Tensor]:
+    if not isinstance(result, Mapping):
+        raise ConfigurationError(
+            f"{name} returned a {type(result).__name__}, expected a dict of loss name -> Tensor (the "
+            f"DETR convention); if it returns (losses, extras), as H-DETR's timing criterion does, "
+            f"wrap it: lambda outputs, targets: criterion(outputs, targets)[0]"
+        )
+    return result
+
+
+def _layer_losses(result: Mapping[str, Tensor], first: int, num_aux: int, keep_final: bool) -> dict[str, Tensor]:
+    """A call's losses under the model's layer indices (see ``HybridCriterion._layer_calls``)."""
+    if first == 0 and keep_final:
+        return dict(result)
+    out = {}
+    for key, value in result.items():
+        match = _LAYER_KEY.fullmatch(key)
+        if match is not None and int(match[2]) < num_aux:
+            out[f"{match[1]}_{int(match[2]) + first}"] = value
+        elif keep_final:
+            out[key] = value
+    return out
+
+
+def _capacity(matcher: object) -> int | None:
+    """The most queries one target can take from ``matcher``, where it can be read."""
+    if isinstance(matcher, Matcher):
+        return matcher.assigner.max_per_target
+    for name in ("capacity", "k"):
+        value = getattr(matcher, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _derive_one2many_matcher(matcher: Matcher, k: int) -> Matcher:
+    """``matcher``'s cost with a capacity-K Hungarian assigner (its backend and NaN policy kept)."""
+    assigner = matcher.assigner
+    if not isinstance(assigner, Hungarian):
+        raise ConfigurationError(
+            f"one2many_matcher='derive' gives criterion.matcher's cost a capacity-K Hungarian assigner, "
+            f"but criterion.matcher assigns with {assigner!r}; pass the one-to-many matcher yourself"
+        )
+    return OneToManyMatcher(k, cost=matcher.cost, backend=assigner.backend, nan_policy=assigner.nan_policy)
+
+
+def _one2many_matcher_for(criterion: Any, scheme: Scheme, given: Any) -> Callable[..., Matches]:
+    """The one-to-many matcher to use, derived or checked against ``criterion.matcher``."""
+    if not hasattr(criterion, "matcher"):
+        raise TypeError(
+            "one2many_matcher replaces criterion.matcher during one-to-many calls, but the "
+            f"{type(criterion).__name__} passed has no 'matcher' attribute"
+        )
+    matcher = criterion.matcher
+    k = getattr(scheme, "k", None)
+    ours = isinstance(matcher, Matcher)
+    if isinstance(given, str):
+        if given != "derive":
+            raise ConfigurationError(
+                f"one2many_matcher must be a matcher, 'derive' or None, got {given!r}"
+            )
+        if not ours:
+            raise ConfigurationError(
+                f"one2many_matcher='derive' builds the matcher from criterion.matcher, but that is a "
+                f"{type(matcher).__name__}, not a hybridmatch matcher; pass "
+                f"one2many_matcher=OneToManyMatcher(k={k}, cost_class=..., cost_bbox=..., cost_giou=..., "
+                f"class_cost=...) with its costs (DETR's matcher: class_cost='softmax'; "
+                f"Deformable-DETR's and H-DETR's: 'focal')"
+            )
+        if not isinstance(k, int):
+            raise ConfigurationError(f"one2many_matcher='derive' needs a scheme with a k, got {scheme!r}")
+        return _derive_one2many_matcher(matcher, k)
+    if not callable(given):
+        raise TypeError(f"one2many_matcher must be callable (outputs, targets) -> matches, got {type(given).__name__}")
+    capacity = _capacity(given)
+    if isinstance(k, int) and capacity is not None and capacity != k:
+        raise ConfigurationError(
+            f"one2many_matcher lets a target take {capacity} queries but {scheme!r} repeats the "
+            f"targets K={k} times; build it with OneToManyMatcher(k={k}) or one2many_matcher='derive'"
+        )
+    cost = getattr(given, "cost", None)
+    if not isinstance(cost, Cost):
+        return given  # a matcher of its own kind: its costs cannot be read
+    if ours:
+        if _cost_signature(cost) != _cost_signature(matcher.cost):
+            raise ConfigurationError(
+                f"one2many_matcher's cost {cost!r} differs from criterion.matcher's {matcher.cost!r}; the "
+                f"one-to-many losses would not be those of matching the copies. Use "
+                f"one2many_matcher='derive' (the same cost, capacity K={k})"
+            )
+        return given
+    _check_foreign_costs(cost, matcher, criterion, k)
+    return given
+
+
+def _cost_signature(cost: Cost) -> tuple[Any, ...]:
+    """A comparable description of a cost: its weighted terms, zero weights left out."""
+    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
+    return tuple(
+        sorted(
+            (float(weight), type(term).__name__, _settings(term))
+            for weight, term in terms
+            if weight != 0
+        )
+    )
+
+
+def _settings(cost: Cost) -> tuple[tuple[str, str], ...]:
+    """A cost's public settings (private state such as a random stream left out)."""
+    return tuple(sorted((k, repr(v)) for k, v in vars(cost).items() if not k.startswith("_")))
+
+
+def _check_foreign_costs(cost: Cost, matcher: Any, criterion: Any, k: object) -> None:
+    """Compare a hybridmatch cost with a DETR-style matcher's readable weights."""
+    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
+    weights = {"cost_class": 0.0, "cost_bbox": 0.0, "cost_giou": 0.0}
+    class_kinds = set()
+    for weight, term in terms:
+        if isinstance(term, (FocalClassCost, SoftmaxClassCost)):
+            weights["cost_class"] += float(weight)
+            class_kinds.add("focal" if isinstance(term, FocalClassCost) else "softmax")
+        elif isinstance(term, L1BoxCost):
+            weights["cost_bbox"] += float(weight)
+        elif isinstance(term, GIoUCost):
+            weights["cost_giou"] += float(weight)
+        else:
+            return  # another kind of cost: nothing comparable
+    mismatched = []
+    for name, ours in weights.items():
+        theirs = getattr(matcher, name, None)
+        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
+            if not math.isclose(float(theirs), ours, rel_tol=1e-6, abs_tol=1e-9):
+                mismatched.append(f"{name}={theirs!r} (one2many_matcher: {ours!r})")
+    expected_kind = None
+    if hasattr(criterion, "focal_alpha"):
+        expected_kind = "focal"
+    elif hasattr(criterion, "eos_coef") or hasattr(criterion, "empty_weight"):
+        expected_kind = "softmax"
+    if expected_kind is not None and class_kinds and class_kinds != {expected_kind}:
+        mismatched.append(
+            f"class cost {expected_kind} (the criterion has "
+            f"{'focal_alpha, as Deformable-DETR' if expected_kind == 'focal' else 'eos_coef, as DETR'}'s; "
+            f"one2many_matcher: "
+            f"{'/'.join(sorted(class_kinds))})"
+        )
+    if mismatched:
+        kind = (
+            f"class_cost={expected_kind!r}"
+            if expected_kind
+            else "class_cost='softmax' (DETR) or 'focal' (Deformable-DETR, H-DETR)"
+        )
+        read = {name: getattr(matcher, name) for name in weights if hasattr(matcher, name)}
+        args = "".join(f"{name}={value!r}, " for name, value in read.items())
+        raise ConfigurationError(
+            f"one2many_matcher's costs differ from criterion.matcher ({type(matcher).__name__}): "
+            f"{'; '.join(mismatched)}. The one-to-many losses would silently change; build it as "
+            f"OneToManyMatcher(k={k}, {args}{kind})"
+        )
 
 
 def _slice_queries(layer: Mapping[str, Any], queries: slice, total: int) -> dict[str, Any]:

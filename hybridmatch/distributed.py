@@ -53,6 +53,11 @@ def global_num_boxes(
     if isinstance(targets, (int, float)) and not isinstance(targets, bool):
         count = float(targets)
     else:
+        if isinstance(targets, Mapping):
+            raise InvalidTargetError(
+                f"targets must be a list of per-image dicts (one per image, each with {label_key!r}), "
+                f"got a single dict with keys {list(targets)}; for one image pass [targets]"
+            )
         count = 0.0
         for index, target in enumerate(targets):
             if not isinstance(target, Mapping) or label_key not in target:

@@ -462,6 +462,13 @@ class HybridEpoch(Scheme):
     second group to add them to), so loss keys, logging and loss weights stay those of the
     base model throughout training.
 
+    The loss changes scale at the switch. In the one-to-many epochs a DETR criterion's
+    ``num_boxes`` counts the K copies of each object (``K * M``, as in H-DETR): terms
+    summed over the matched pairs (L1, GIoU) keep their scale, but terms summed over every
+    query (the "no object" part of the classification loss) are divided by about K more
+    than in the one-to-one epochs. :class:`~hybridmatch.criterion.HybridCriterion` logs
+    this once when it sees the switch.
+
     ``one2many_epochs = round(one2many_fraction * total_epochs)`` rounded to the nearest
     epoch with halves rounded *up* (total 10, fraction 0.25 gives 3, not Python's
     round-half-to-even 2); float noise in the product is ignored (0.58 of 25 is taken as
@@ -564,7 +571,9 @@ class HybridLayer(Scheme):
     one-to-one since inference reads it: :meth:`supervision` raises ``ValueError`` when
     ``num_one2many_layers >= num_layers``. As in :class:`HybridEpoch`, the one-to-many
     layers' losses use suffix ``""`` and weight 1: they replace those layers' one-to-one
-    losses.
+    losses, under the names the criterion gives them (``loss_ce_{i}``), and are normalised
+    by the count of the repeated objects (``K * M``), as :class:`HybridEpoch`'s
+    one-to-many epochs are.
 
     Args:
         k (int): copies of each ground-truth object at the one-to-many layers, >= 1

@@ -108,3 +108,83 @@ def random_targets(seed: int, counts: list[int], num_classes: int, extras: bool 
             t["masks"] = torch.rand(m, 8, 8, generator=g) > 0.5
         targets.append(t)
     return targets
+
+
+def pairwise_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), cxcywh; (N, M)."""
+    n, m = len(a), len(b)
+    return giou_pairs(a[:, None].expand(n, m, 4).reshape(-1, 4), b[None].expand(n, m, 4).reshape(-1, 4)).reshape(n, m)
+
+
+class DetrMatcher(torch.nn.Module):
+    """DETR's matcher written the way DETR's code base has it: softmax class cost, scipy.
+
+    Not a hybridmatch matcher: only its ``cost_class`` / ``cost_bbox`` / ``cost_giou``
+    weights can be read.
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
+        super().__init__()
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+
+    @torch.no_grad()
+    def forward(self, outputs, targets):
+        from scipy.optimize import linear_sum_assignment
+
+        indices = []
+        for b, t in enumerate(targets):
+            prob = outputs["pred_logits"][b].double().softmax(-1)
+            boxes = outputs["pred_boxes"][b].double()
+            tgt_boxes = t["boxes"].double()
+            cost = (self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
+                    - self.cost_class * prob[:, t["labels"]]
+                    - self.cost_giou * pairwise_giou(boxes, tgt_boxes))
+            rows, cols = linear_sum_assignment(cost.numpy())
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return indices
+
+
+class DetrCriterion(torch.nn.Module):
+    """DETR's SetCriterion: softmax cross-entropy with a down-weighted no-object class.
+
+    Returns DETR's logging keys beside the losses: ``class_error`` for the final layer only
+    and ``cardinality_error`` for every layer, neither of which has a weight.
+    """
+
+    def __init__(self, num_classes: int, matcher=None, eos_coef: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher if matcher is not None else HungarianMatcher(1.0, 5.0, 2.0, class_cost="softmax")
+        self.eos_coef = eos_coef
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    def _losses(self, outputs, targets, num_boxes: float, log: bool) -> dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets)
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
+        query_idx = torch.cat([q for q, _ in indices])
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64)
+        classes[batch_idx, query_idx] = matched_labels
+        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), classes, self.empty_weight)}
+        if log:
+            correct = (logits[batch_idx, query_idx].argmax(-1) == matched_labels).float()
+            accuracy = correct.mean() * 100 if len(correct) else torch.tensor(100.0)
+            losses["class_error"] = 100 - accuracy
+        predicted = (logits.argmax(-1) != self.num_classes).sum(1).float()
+        lengths = torch.tensor([float(len(t["labels"])) for t in targets])
+        losses["cardinality_error"] = F.l1_loss(predicted, lengths)
+        src = boxes[batch_idx, query_idx]
+        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
+        losses["loss_bbox"] = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
+        losses["loss_giou"] = (1 - giou_pairs(src, tgt)).sum() / num_boxes
+        return losses
+
+    def forward(self, outputs, targets):
+        num_boxes = global_num_boxes(targets)
+        losses = self._losses(outputs, targets, num_boxes, log=True)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets, num_boxes, log=False).items()})
+        return losses
