@@ -161,10 +161,12 @@ def test_lock_of_a_killed_build_falls_back_at_once(fake_build: SimpleNamespace) 
     lock = _leave_lock(folder, _dead_pid())
     (folder / "lock").touch()  # torch's, left by the same killed build
     start = time.monotonic()
-    with pytest.warns(HybridMatchWarning, match=r"skips 'native': .*stale lock \(process \d+, which took it, is gone\)"):
+    dead = r"skips 'native': .*stale lock \(process \d+, which took it, is gone\)"
+    with pytest.warns(HybridMatchWarning, match=dead):
         assert batched_linear_sum_assignment(torch.tensor([[4.0, 1.0], [2.0, 0.0]])).tolist() == [1, 0]
     assert time.monotonic() - start < 30  # no waiting on a dead process
-    with pytest.raises(BackendUnavailableError, match=rf"locked by {re.escape(str(lock))}.*rm -r '{re.escape(str(folder))}'"):
+    named = rf"locked by {re.escape(str(lock))}.*rm -r '{re.escape(str(folder))}'"
+    with pytest.raises(BackendUnavailableError, match=named):
         batched_linear_sum_assignment(torch.zeros(2, 2), backend="native")
     assert fake_build.builds == [] and lock.exists()  # nothing built, nothing removed behind the user's back
 
@@ -175,7 +177,8 @@ def test_an_old_lock_times_out(fake_build: SimpleNamespace, monkeypatch: pytest.
     _leave_lock(folder, os.getpid(), host="another-node")
     monkeypatch.setenv(_native.LOCK_TIMEOUT_ENV, "0.5")
     start = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match=r"stale lock \(it was taken \d+ s ago, more than HYBRIDMATCH_BUILD_LOCK_TIMEOUT=0.5 s\)"):
+    old = r"stale lock \(it was taken \d+ s ago, more than HYBRIDMATCH_BUILD_LOCK_TIMEOUT=0.5 s\)"
+    with pytest.raises(BackendUnavailableError, match=old):
         _native.cpu_module()
     assert 0.4 < time.monotonic() - start < 30  # waited for the live-looking build, then gave up
     assert fake_build.builds == []

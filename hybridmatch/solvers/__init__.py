@@ -217,7 +217,7 @@ def batched_linear_sum_assignment(
             H-DETR's repeated ground truth). Default 1: one-to-one.
         maximize (bool): maximise the total instead of minimising it; a bool
             (Python or numpy), anything else raises ConfigurationError.
-        backend (str): ``"auto" (the fastest available: ``"cuda"`` for a cost on a GPU,
+        backend (str): ``"auto"`` (the fastest available: ``"cuda"`` for a cost on a GPU,
             else ``"native"``, falling back to ``"scipy"`` with one warning), ``"cuda"``,
             ``"native"`` (C++, threads over the batch), ``"scipy"`` or ``"lap"``.
             See :func:`available_backends`.

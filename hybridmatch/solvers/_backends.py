@@ -52,11 +52,10 @@ def dominating_cost(cost: np.ndarray) -> float:
     return high + (high - low + 1.0) * (min(cost.shape) + 1)
 
 
-#: lap.lapjv's internal "infinity" (``LARGE`` in its lapjv.h): a reduced cost at or above
-#: it is taken for a forbidden pair, so costs near it give wrong answers silently.
-LAP_LARGE = 1e6
-#: The largest cost magnitude handed to lapjv: reduced costs stay within a few times
-#: the cost spread, far below LAP_LARGE (random trials go wrong from about 1e6 up).
+#: The largest cost magnitude handed to lap.lapjv. lapjv takes any reduced cost at or
+#: above its internal "infinity" (``LARGE`` = 1e6 in its lapjv.h) for a forbidden pair
+#: and silently answers wrong; reduced costs stay within a few times the cost spread,
+#: far below 1e6 from here (random trials go wrong from about 1e6 up).
 LAP_SAFE_MAGNITUDE = 2.0**16
 
 
