@@ -476,3 +476,38 @@ def test_pairs_to_assignment_errors() -> None:
         pairs_to_assignment([(torch.tensor([1, 2]), torch.tensor([0]))], 3)
     with pytest.raises(ShapeError, match=r"\(B, N\)"):
         assignment_to_pairs(torch.zeros(3, dtype=torch.long))
+
+
+# ------------------------------------------------------------- large magnitudes
+# lap.lapjv takes any reduced cost at or above its internal LARGE = 1e6 for
+# infinity; every backend must stay optimal well beyond that.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_costs_beyond_a_million(backend: str) -> None:
+    # Query 0 takes the cheaper target 1 (2e6 < 3e6); lap alone returns target 0.
+    assert solve_np(np.array([[3e6, 2e6]]), backend).tolist() == [1]
+    # The only allowed pair costs 2e6: feasible (lap alone calls it infeasible).
+    assert solve_np(np.array([[INF, 2e6]]), backend).tolist() == [1]
+    assert solve_np(np.array([[-3e6, -2e6]]), backend).tolist() == [0]
+    assert solve_np(np.array([[3e6, 2e6]]), backend, maximize=True).tolist() == [0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [9.9e5, 1e6, 1.01e6, 4e6, 1e9, 1e15, 1e300, -1e6, -1e12])
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (9, 9)])
+def test_optimal_near_and_beyond_lap_limit(backend: str, scale: float, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(abs(int(np.log10(abs(scale)) * 100)) + shape[0])
+    cost = rng.random(shape) * scale
+    cost[rng.random(shape) < 0.15] = INF  # forbidden pairs too
+    try:
+        reference = reference_total(cost)
+    except ValueError:  # infeasible: every backend must say so
+        with pytest.raises(InfeasibleError):
+            solve_np(cost, backend)
+        return
+    total = check_valid(solve_np(cost, backend), cost)
+    assert total == pytest.approx(reference, rel=1e-12)
+    # A large offset with small differences and many ties: the optimum is still exact.
+    ties = 1e7 + rng.integers(0, 4, shape).astype(np.float64)
+    assert check_valid(solve_np(ties, backend), ties) == reference_total(ties)

@@ -29,14 +29,23 @@ import numpy as np
 import torch
 
 from .._warnings import warn_once
-from ..errors import BackendUnavailableError, ConfigurationError, HybridMatchError, ShapeError
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    HybridMatchError,
+    InfeasibleError,
+    InvalidCostError,
+    ShapeError,
+)
 from . import _native
 from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
 from ._validate import (
     ArrayLike,
     NanPolicy,
+    as_scipy_matrix,
     check_capacity,
     check_dtype,
+    check_maximize,
     check_nan_policy,
     check_num_targets,
     raise_infeasible,
@@ -206,7 +215,8 @@ def batched_linear_sum_assignment(
             never read, whatever they hold. Default: all M columns are real.
         capacity (int): how many queries one target may take (``K`` of
             H-DETR's repeated ground truth). Default 1: one-to-one.
-        maximize (bool): maximise the total instead of minimising it.
+        maximize (bool): maximise the total instead of minimising it; a bool
+            (Python or numpy), anything else raises ConfigurationError.
         backend (str): ``"auto"`` (the fastest available: ``"cuda"`` for a cost on a GPU,
             else ``"native"``, falling back to ``"scipy"`` with one warning), ``"cuda"``,
             ``"native"`` (C++, threads over the batch), ``"scipy"`` or ``"lap"``.
@@ -220,7 +230,10 @@ def batched_linear_sum_assignment(
         a numpy array.
 
     Raises:
-        ShapeError: ``cost`` is not 2-D or 3-D, or ``num_targets`` does not fit.
+        ShapeError: ``cost`` is not 2-D or 3-D, or ``num_targets`` does not fit; for a
+            dtype that is not a real number (object, string, complex, date) it is also a
+            ``TypeError``, as in scipy.
+        ConfigurationError: ``capacity``, ``maximize``, ``backend`` or ``nan_policy`` is invalid.
         InvalidCostError: NaN (with ``nan_policy="raise"``) or the "best" infinity.
         InfeasibleError: the +inf pairs leave no complete assignment.
         BackendUnavailableError: the backend named cannot run here.
@@ -236,8 +249,11 @@ def batched_linear_sum_assignment(
     try:
         capacity = check_capacity(capacity)
         nan_policy = check_nan_policy(nan_policy)
+        maximize = check_maximize(maximize)
         if not isinstance(cost, (torch.Tensor, np.ndarray)):
             raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+        if isinstance(cost, np.ndarray):
+            cost = np.asarray(cost)  # a np.matrix cannot be indexed as a batch
         check_dtype(cost)
         if cost.ndim not in (2, 3):
             shape = tuple(cost.shape)
@@ -258,10 +274,11 @@ def batched_linear_sum_assignment(
             if isinstance(problems, torch.Tensor):
                 tensor = problems
             elif problems.dtype in (np.float16, np.float32, np.float64):
-                tensor = torch.from_numpy(problems)
+                # torch takes no negative strides (a reversed view): copy those.
+                tensor = torch.from_numpy(np.ascontiguousarray(problems))
             else:  # integers, long double: solved in float64 like every other backend
-                tensor = torch.from_numpy(np.asarray(problems, dtype=np.float64))
-            native = _solve_native(tensor, counts, capacity, bool(maximize), nan_policy, name, batched)
+                tensor = torch.from_numpy(np.ascontiguousarray(problems, dtype=np.float64))
+            native = _solve_native(tensor, counts, capacity, maximize, nan_policy, name, batched)
             result = native.to(cost.device) if isinstance(cost, torch.Tensor) else native.numpy()
         else:
             # Host copy in the input dtype; each problem's real block is widened to float64
@@ -272,7 +289,7 @@ def batched_linear_sum_assignment(
                 host = wide.detach().cpu().numpy()
             else:
                 host = problems
-            result = _solve_all(host, counts, capacity, bool(maximize), nan_policy, name, batched)
+            result = _solve_all(host, counts, capacity, maximize, nan_policy, name, batched)
     except HybridMatchError as error:
         raise _with_context(error, _describe(cost, name)) from None
     if not batched:
@@ -284,37 +301,50 @@ def batched_linear_sum_assignment(
 
 @overload
 def linear_sum_assignment(
-    cost: torch.Tensor, maximize: bool = ..., *, backend: str = ...
+    cost: torch.Tensor, maximize: bool = ..., *, backend: str = ..., nan_policy: NanPolicy = ...
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
 def linear_sum_assignment(
-    cost: np.ndarray, maximize: bool = ..., *, backend: str = ...
+    cost: object, maximize: bool = ..., *, backend: str = ..., nan_policy: NanPolicy = ...
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def linear_sum_assignment(
-    cost: ArrayLike, maximize: bool = False, *, backend: str = "auto"
+    cost: object, maximize: bool = False, *, backend: str = "auto", nan_policy: NanPolicy = "raise"
 ) -> tuple[ArrayLike, ArrayLike]:
-    """Solve one assignment problem, with scipy's signature and result.
+    """Solve one assignment problem, a drop-in for :func:`scipy.optimize.linear_sum_assignment`.
+
+    It accepts what scipy accepts (nested lists, bool, integer and floating arrays,
+    views of any strides) and refuses what scipy refuses with the same exception
+    type and a message holding scipy's phrase, so code written against scipy keeps
+    working: ``ValueError`` "expected a matrix" (not 2-D), "matrix contains invalid
+    numeric entries" (NaN, or the infinity that would be the best cost), "cost
+    matrix is infeasible"; ``TypeError`` "Cannot cast array data" (object, string,
+    complex, date arrays). The errors are hybridmatch's, which subclass those.
 
     Args:
-        cost (Tensor[N, M] or ndarray[N, M]): the cost matrix.
-        maximize (bool): maximise instead of minimise.
+        cost (Tensor[N, M], ndarray[N, M] or nested sequence): the cost matrix; a
+            torch tensor of any real dtype (bool too), or anything scipy accepts.
+        maximize (bool): maximise instead of minimise; must be a bool.
         backend (str): as in :func:`batched_linear_sum_assignment`.
+        nan_policy (str): as in :func:`batched_linear_sum_assignment` (scipy has no such
+            option: it always raises on NaN, like the default ``"raise"``).
 
     Returns:
-        ``(row_ind, col_ind)`` int64, ``min(N, M)`` pairs sorted by row, the
-        same kind (torch on the cost's device, or numpy) as ``cost``.
+        ``(row_ind, col_ind)`` int64, ``min(N, M)`` pairs sorted by row: torch tensors
+        on the cost's device for a tensor, numpy arrays for anything else.
 
     Example:
-        >>> row, col = linear_sum_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]))
+        >>> row, col = linear_sum_assignment([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
         >>> row.tolist(), col.tolist()
         ([0, 1, 2], [1, 0, 2])
     """
-    if isinstance(cost, (torch.Tensor, np.ndarray)) and cost.ndim != 2:
-        raise ShapeError(
-            f"cost must be a 2-D (N, M) matrix, got shape {tuple(cost.shape)}; "
-            "use batched_linear_sum_assignment for a batch"
-        )
-    columns = batched_linear_sum_assignment(cost, maximize=maximize, backend=backend)
+    maximize = check_maximize(maximize)
+    matrix = as_scipy_matrix(cost)
+    try:
+        columns = batched_linear_sum_assignment(matrix, maximize=maximize, backend=backend, nan_policy=nan_policy)
+    except InvalidCostError as error:
+        raise InvalidCostError(f"cost matrix contains invalid numeric entries: {error}") from None
+    except InfeasibleError as error:
+        raise InfeasibleError(f"cost matrix is infeasible: {error}") from None
     if isinstance(columns, torch.Tensor):
         rows = torch.nonzero(columns >= 0).flatten()
         return rows, columns[rows]

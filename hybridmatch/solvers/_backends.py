@@ -11,6 +11,7 @@ user-facing :class:`~hybridmatch.errors.InfeasibleError`.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -51,6 +52,28 @@ def dominating_cost(cost: np.ndarray) -> float:
     return high + (high - low + 1.0) * (min(cost.shape) + 1)
 
 
+#: The largest cost magnitude handed to lap.lapjv. lapjv takes any reduced cost at or
+#: above its internal "infinity" (``LARGE`` = 1e6 in its lapjv.h) for a forbidden pair
+#: and silently answers wrong; reduced costs stay within a few times the cost spread,
+#: far below 1e6 from here (random trials go wrong from about 1e6 up).
+LAP_SAFE_MAGNITUDE = 2.0**16
+
+
+def _scaled_down(cost: np.ndarray, limit: float) -> np.ndarray:
+    """``cost`` times a power of two, so that no finite entry exceeds ``limit`` in magnitude.
+
+    A power of two changes the exponent only: every entry, sum and comparison the
+    solver makes keeps its exact value relative to the others, so the optimum and its
+    ties are those of the original costs (barring underflow of entries more than
+    ~2**1000 times smaller than the largest, which float64 sums ignore anyway).
+    """
+    finite = cost[np.isfinite(cost)]
+    peak = float(np.abs(finite).max()) if finite.size else 0.0
+    if peak <= limit:
+        return cost
+    return np.ldexp(cost, -math.ceil(math.log2(peak / limit)))
+
+
 def solve_lap(cost: np.ndarray) -> np.ndarray:
     """gatagat ``lap.lapjv`` on the problem oriented targets x queries.
 
@@ -58,16 +81,21 @@ def solve_lap(cost: np.ndarray) -> np.ndarray:
     rows or columns. Padding extra *columns* (queries x targets with more queries)
     makes it pathologically slow on repeated targets, so the problem is turned so
     that the padding adds rows instead.
+
+    ``lapjv`` treats costs of 1e6 (its ``LARGE``) and above as infinite; the costs
+    are scaled by a power of two into ``[-2**16, 2**16]`` first, which is exact.
     """
     import lap
 
     n, m = cost.shape
     allowed = np.isfinite(cost)
     transposed = n > m
-    work = np.ascontiguousarray(cost.T if transposed else cost)
+    # Within +-1 first, so that the stand-in for +inf below cannot overflow.
+    work = _scaled_down(np.ascontiguousarray(cost.T if transposed else cost), 1.0)
     if not allowed.all():
         # A finite stand-in for +inf: the optimum uses one only when the problem is infeasible.
-        work = np.where(allowed.T if transposed else allowed, work, dominating_cost(cost))
+        work = np.where(allowed.T if transposed else allowed, work, dominating_cost(work))
+    work = _scaled_down(work, LAP_SAFE_MAGNITUDE)
     _, x, _ = lap.lapjv(work, extend_cost=work.shape[0] != work.shape[1], return_cost=True)
     x = np.asarray(x[: work.shape[0]], dtype=np.int64)
     # x[r] is the column of row r in the oriented problem.

@@ -34,16 +34,91 @@ def check_nan_policy(nan_policy: object) -> NanPolicy:
     return nan_policy  # type: ignore[return-value]
 
 
+class CostDtypeError(ShapeError, TypeError):
+    """A cost whose dtype is not a real number (object, string, complex, date).
+
+    A :class:`~hybridmatch.errors.ShapeError` that is also a ``TypeError``, the type
+    :func:`scipy.optimize.linear_sum_assignment` raises for such arrays, so code
+    written against either keeps catching it.
+    """
+
+
+def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
+    return CostDtypeError(
+        f"Cannot cast array data from {dtype} to dtype('float64'): {name} must hold real numbers "
+        "(integer or floating), convert it first, e.g. cost.astype(np.float64)"
+    )
+
+
+def check_maximize(maximize: object) -> bool:
+    """``maximize`` as a bool; only ``True``/``False`` (Python or numpy) are accepted.
+
+    A string such as ``"False"`` is truthy, so accepting any object would silently
+    maximise; it raises instead.
+    """
+    if not isinstance(maximize, (bool, np.bool_)):
+        raise ConfigurationError(
+            f"maximize must be a bool (True or False), got {maximize!r} ({type(maximize).__name__})"
+        )
+    return bool(maximize)
+
+
 def check_dtype(cost: ArrayLike, name: str = "cost") -> None:
-    """Refuse non-numeric dtypes (bool, complex, object)."""
+    """Refuse non-numeric dtypes (bool, complex, object, string, dates)."""
     if isinstance(cost, torch.Tensor):
-        if cost.dtype == torch.bool or cost.is_complex():
-            raise ShapeError(f"{name} must be a real floating or integer tensor, got dtype {cost.dtype}")
+        if cost.dtype == torch.bool:
+            raise CostDtypeError(
+                f"{name} must be a real floating or integer tensor, got dtype {cost.dtype}; "
+                f"a mask is not a cost: use {name}.float() for 0/1 costs"
+            )
+        if cost.is_complex():
+            raise _cannot_cast(cost.dtype, name)
     elif isinstance(cost, np.ndarray):
-        if cost.dtype == np.bool_ or not np.issubdtype(cost.dtype, np.number) or np.iscomplexobj(cost):
-            raise ShapeError(f"{name} must be a real floating or integer array, got dtype {cost.dtype}")
+        if cost.dtype == np.bool_:
+            raise CostDtypeError(
+                f"{name} must be a real floating or integer array, got dtype bool; "
+                f"a mask is not a cost: use {name}.astype(np.float64) for 0/1 costs"
+            )
+        if cost.dtype.kind not in "iuf":
+            raise _cannot_cast(repr(cost.dtype), name)
     else:
         raise ShapeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
+
+
+def as_scipy_matrix(cost: object) -> ArrayLike:
+    """``cost`` read the way :func:`scipy.optimize.linear_sum_assignment` reads it.
+
+    A tensor stays a tensor (bool becomes uint8); an array (any subclass: matrix,
+    masked) is accepted when numpy casts its dtype safely to float64, as scipy
+    requires; anything else (nested lists, tuples) is converted to float64 as scipy
+    does. The result is 2-D and of a real dtype that
+    :func:`batched_linear_sum_assignment` accepts.
+    """
+    if isinstance(cost, torch.Tensor):
+        if cost.is_complex():
+            raise _cannot_cast(cost.dtype, "cost")
+        matrix: ArrayLike = cost.to(torch.uint8) if cost.dtype == torch.bool else cost
+        kind = "tensor"
+    elif isinstance(cost, np.ndarray):
+        array = np.asarray(cost)  # drops np.matrix / masked-array behaviour, as scipy does
+        if not np.can_cast(array.dtype, np.float64, "safe"):
+            raise _cannot_cast(repr(array.dtype), "cost")
+        matrix = array.astype(np.uint8) if array.dtype == np.bool_ else array
+        kind = "array"
+    else:
+        try:
+            matrix = np.asarray(cost, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ShapeError(
+                f"cost could not be read as a matrix of numbers ({type(cost).__name__}): {error}"
+            ) from None
+        kind = type(cost).__name__
+    if matrix.ndim != 2:
+        raise ShapeError(
+            f"expected a matrix (2-D array), got a {matrix.ndim}-D {kind} of shape {tuple(matrix.shape)}; "
+            "use batched_linear_sum_assignment for a batch of (N, M) problems"
+        )
+    return matrix
 
 
 def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:

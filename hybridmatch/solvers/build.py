@@ -3,9 +3,11 @@
     python -m hybridmatch.solvers.build            # the CPU solver, and the CUDA one where possible
     python -m hybridmatch.solvers.build --cpu      # only the CPU solver
 
-Builds go to torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``), where first use would put them; later imports load
-them without compiling. Exit status 1 when a requested build fails.
+Builds go where first use would put them, one folder per hybridmatch version,
+torch version and source hash under ``TORCH_EXTENSIONS_DIR/hybridmatch`` (default
+``~/.cache/torch_extensions/hybridmatch``); later processes load them without
+compiling. Run it in each environment (a container image, a job's set-up step) so
+that training never waits for the compiler. Exit status 1 when a requested build fails.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--cpu", action="store_true", help="build only the CPU solver")
     which.add_argument("--cuda", action="store_true", help="build only the CUDA solver (fails without a GPU)")
     args = parser.parse_args(argv)
-    targets = [("native", _native.cpu_module), ("cuda", _native.cuda_module)]
+    targets = [
+        ("native", _native.cpu_module, _native.build_directory(_native.CPU_NAME, _native.CPU_SOURCES, cuda=False)),
+        ("cuda", _native.cuda_module, _native.build_directory(_native.CUDA_NAME, _native.CUDA_SOURCES, cuda=True)),
+    ]
     if args.cpu:
         targets = targets[:1]
     elif args.cuda:
         targets = targets[1:]
     failed = False
-    for name, build in targets:
+    for name, build, folder in targets:
         start = time.perf_counter()
         try:
             build()
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {'skipped' if optional else 'FAILED'}: {error}", file=sys.stderr)
             failed |= not optional
             continue
-        print(f"{name}: ready ({time.perf_counter() - start:.1f} s)")
+        print(f"{name}: ready ({time.perf_counter() - start:.1f} s) in {folder}")
     return 1 if failed else 0
 
 
