@@ -33,6 +33,7 @@ from .distributed import global_num_boxes
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
+    CostDtypeError,
     HybridMatchError,
     HybridMatchWarning,
     InfeasibleError,
@@ -68,6 +69,7 @@ __all__ = [
     "ClassIoUQuality",
     "ConfigurationError",
     "Cost",
+    "CostDtypeError",
     "CostSum",
     "FocalClassCost",
     "GIoUCost",

@@ -12,6 +12,7 @@ __all__ = [
     "HybridMatchError",
     "ConfigurationError",
     "ShapeError",
+    "CostDtypeError",
     "InvalidCostError",
     "InfeasibleError",
     "InvalidTargetError",
@@ -31,6 +32,15 @@ class ConfigurationError(HybridMatchError, ValueError):
 
 class ShapeError(HybridMatchError, ValueError):
     """A tensor has the wrong number of dimensions, size, dtype or device."""
+
+
+class CostDtypeError(ShapeError, TypeError):
+    """A cost whose dtype is not a real number (object, string, complex, date).
+
+    A :class:`ShapeError` that is also a ``TypeError``, the type
+    :func:`scipy.optimize.linear_sum_assignment` raises for such arrays, so code
+    written against either keeps catching it.
+    """
 
 
 class InvalidCostError(HybridMatchError, ValueError):

@@ -15,7 +15,7 @@ import torch
 from .._checks import check_int
 from .._warnings import warn_once
 from ._backends import dominating_cost
-from ..errors import ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
+from ..errors import CostDtypeError, ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
 
 NanPolicy = Literal["raise", "worst"]
 NAN_POLICIES = ("raise", "worst")
@@ -32,15 +32,6 @@ def check_nan_policy(nan_policy: object) -> NanPolicy:
     if nan_policy not in NAN_POLICIES:
         raise ConfigurationError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     return nan_policy  # type: ignore[return-value]
-
-
-class CostDtypeError(ShapeError, TypeError):
-    """A cost whose dtype is not a real number (object, string, complex, date).
-
-    A :class:`~hybridmatch.errors.ShapeError` that is also a ``TypeError``, the type
-    :func:`scipy.optimize.linear_sum_assignment` raises for such arrays, so code
-    written against either keeps catching it.
-    """
 
 
 def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
