@@ -42,6 +42,7 @@ enum Status : int64_t {
   kNaN = 1,          // detail: (query, target) of the first NaN
   kBadInfinity = 2,  // -inf when minimising, +inf when maximising; detail as above
   kInfeasible = 3,   // detail: (-1, -1)
+  kBadCount = 4,     // CUDA target only: num_targets[b] outside [0, M]; detail: (count, M)
 };
 
 struct Result {
