@@ -84,8 +84,16 @@ cat "$OUTDIR/build.log"
 
 # 1. Install and build.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  step wheels 60 "$OUTDIR/build.log" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target "$WORK/site" .whl/*.whl
+  # One wheel at a time: one that does not fit this Python (the wheels are for the GPU
+  # machine's 3.12) is said and skipped, the others still install. On the GPU machine
+  # a wheel that fails makes the step fail.
+  step wheels 60 "$OUTDIR/build.log" bash -c '
+    failed=0
+    for wheel in .whl/*.whl; do
+      "$0" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "$wheel" \
+        && echo "installed $wheel" || { echo "NOT installed: $wheel"; failed=$((failed + 1)); }
+    done
+    [ "$2" = 0 ] || exit $failed' "$PY" "$WORK/site" "$GPU"
 else
   log "no .whl folder: lap, pycocotools and torch-linear-assignment come from the machine or are skipped"
 fi

@@ -33,8 +33,9 @@ def read(path: Path) -> str:
 
 def pytest_counts(log: str) -> list[str]:
     """The final 'N passed, M skipped in Xs' line of each pytest run in the log."""
-    return re.findall(r"^=*\s*((?:\d+ (?:passed|failed|skipped|errors?|deselected|xfailed|xpassed|warnings?)"
-                      r"(?:, )?)+ in [\d.]+s.*?)=*$", log, re.M) or re.findall(r"^(\d+ tests? collected.*)$", log, re.M)
+    pattern = (r"^=*\s*((?:\d+ (?:passed|failed|skipped|errors?|deselected|xfailed|xpassed|warnings?)(?:, )?)+"
+               r" in [\d.]+s.*?|\d+(?:/\d+)? tests? collected.*?)\s*=*$")
+    return [line.strip() for line in re.findall(pattern, log, re.M)]
 
 
 def sanitizer_counts(log: str) -> list[str]:
@@ -103,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     matching = json.loads(read(out / "matching.json") or "{}")
     solver_table, solver_checks = solver_rows(solvers)
     matching_table, matching_checks = matching_rows(matching)
-    environment = read(out / "build.log").splitlines()[:8]
+    environment = []
+    for line in read(out / "build.log").splitlines():  # the header, up to the first step's output
+        if line.startswith("====="):
+            break
+        environment.append(line)
     failed = [s["name"] for s in steps if s["rc"] not in (0, -1)]
     not_run = [s["name"] for s in steps if s["rc"] == -1]
     mode = "GPU run" if args.gpu else "CPU rehearsal (no GPU: CUDA parts skipped or dry-run)"

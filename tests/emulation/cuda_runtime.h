@@ -8,8 +8,9 @@
 // Semantics emulated (what the kernel relies on):
 // - One block at a time; its blockDim.x threads are std::threads.
 // - __syncthreads(): a std::barrier over the block's threads.
-// - __shfl_down_sync(full mask, v, offset): every lane of the warp publishes v, a
-//   barrier of the warp, each lane reads lane + offset (its own value past lane 31);
+// - __shfl_down_sync(full mask, v, offset) and __shfl_sync(full mask, v, lane): every lane of the warp publishes v, a
+//   barrier of the warp, each lane reads lane + offset (its own value past lane 31)
+//   or the given lane;
 //   two slot sets alternate, so a set is rewritten only after the next barrier. All
 //   32 lanes must take part, as on the GPU with a full mask.
 // - A thread that returns leaves every barrier (as exited threads do on the GPU).
@@ -87,8 +88,10 @@ inline unsigned char* dynamic_shared() { return current->dynamic_shared.data(); 
 
 inline thread_local unsigned shuffle_parity = 0;  // which of the two slot sets this lane uses next
 
-template <typename T>
-inline T shuffle_down(T value, int offset) {
+// Every lane publishes `value` and reads lane `source(lane)`'s (its own when that is
+// past the warp).
+template <typename T, typename Source>
+inline T shuffle(T value, Source source_of) {
   static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
   const unsigned tid = thread_index.x;
   const unsigned warp = tid / 32, lane = tid % 32;
@@ -101,10 +104,20 @@ inline T shuffle_down(T value, int offset) {
   memcpy(&slot, &value, sizeof(T));
   slots[tid] = slot;
   block.warp_barriers[warp]->arrive_and_wait();
-  const unsigned source = lane + static_cast<unsigned>(offset);
+  const unsigned source = source_of(lane);
   T out = value;
   if (source < 32 && warp * 32 + source < block.threads) memcpy(&out, &slots[warp * 32 + source], sizeof(T));
   return out;
+}
+
+template <typename T>
+inline T shuffle_down(T value, int offset) {
+  return shuffle(value, [offset](unsigned lane) { return lane + static_cast<unsigned>(offset); });
+}
+
+template <typename T>
+inline T shuffle_from(T value, int source) {
+  return shuffle(value, [source](unsigned) { return static_cast<unsigned>(source) % 32u; });
 }
 
 // kernel<<<grid, block, shmem, stream>>>(args...) -> launch(kernel, grid, block, shmem, stream)(args...)
@@ -170,6 +183,12 @@ static inline T __shfl_down_sync(unsigned mask, T value, int offset) {
   return hm_emu::shuffle_down(value, offset);
 }
 
+template <typename T>
+static inline T __shfl_sync(unsigned mask, T value, int source) {
+  (void)mask;
+  return hm_emu::shuffle_from(value, source);
+}
+
 static inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
   std::atomic_ref<unsigned long long> target(*address);
   unsigned long long old = target.load();
@@ -194,7 +213,7 @@ static inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int
 }
 template <typename F>
 static cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, F) {
-  attributes->sharedSizeBytes = 256;  // launch::kStaticSharedBytes, the bound the kernel asserts
+  attributes->sharedSizeBytes = 512;  // launch::kStaticSharedBytes, the bound the kernel asserts
   return cudaSuccess;
 }
 template <typename F>

@@ -42,19 +42,29 @@ __device__ __forceinline__ Candidate shuffle_down(const Candidate& c, int offset
   return out;
 }
 
+__device__ __forceinline__ Candidate shuffle_from(const Candidate& c, int lane) {
+  Candidate out;
+  out.value = __shfl_sync(0xffffffffu, c.value, lane);
+  out.index = __shfl_sync(0xffffffffu, c.index, lane);
+  out.is_free = __shfl_sync(0xffffffffu, c.is_free, lane);
+  return out;
+}
+
+// Column j is visited by thread j % blockDim.x in every loop. The argmin's warp
+// minima go through shared memory in two alternating sets: a set is rewritten two
+// calls later, after the next call's barrier, which every thread reaches only once
+// it has read this set. So one barrier per search step.
 struct BlockExec {
-  int32_t* ints;        // 2 shared scalars
-  double* doubles;      // 1 shared scalar
-  Candidate* partial;   // kWarps, then the block's winner at [kWarps]
+  Candidate* partial;  // 2 * kWarps
+  int parity;
 
   template <typename F>
   __device__ void for_each(int32_t n, F f) {
     for (int32_t j = threadIdx.x; j < n; j += blockDim.x) f(j);
-    __syncthreads();
   }
 
   template <typename Key, typename Free>
-  __device__ int32_t argmin_cols(int32_t n, Key key, Free is_free) {
+  __device__ Pick argmin_cols(int32_t n, Key key, Free is_free) {
     Candidate best{kInf, -1, 0};
     for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
       const double value = key(j);
@@ -68,37 +78,39 @@ struct BlockExec {
       if (better(other, best)) best = other;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) partial[warp] = best;
+    Candidate* set = partial + parity * kWarps;
+    parity ^= 1;
+    if (lane == 0) set[warp] = best;
     __syncthreads();
-    if (warp == 0) {
-      best = lane < kWarps ? partial[lane] : Candidate{kInf, -1, 0};
-      for (int offset = 16; offset > 0; offset /= 2) {
-        const Candidate other = shuffle_down(best, offset);
-        if (better(other, best)) best = other;
-      }
-      if (lane == 0) partial[kWarps] = best;
+    // Every warp reduces the warp minima itself: the same values in the same order,
+    // so every thread gets the same winner.
+    best = lane < kWarps ? set[lane] : Candidate{kInf, -1, 0};
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const Candidate other = shuffle_down(best, offset);
+      if (better(other, best)) best = other;
     }
-    __syncthreads();
-    return partial[kWarps].index;
+    best = shuffle_from(best, 0);
+    return Pick{best.index, best.value, best.is_free != 0};
   }
 
   template <typename F>
-  __device__ void single(F f) {
+  __device__ void once(F f) {
     if (threadIdx.x == 0) f();
-    __syncthreads();
   }
 
-  __device__ int32_t& shared_int(int index) { return ints[index]; }
-  __device__ double& shared_double(int index) { return doubles[index]; }
+  template <typename F>
+  __device__ void on_column(int32_t j, F f) {
+    if (j % static_cast<int32_t>(blockDim.x) == static_cast<int32_t>(threadIdx.x)) f();
+  }
+
+  __device__ void sync() { __syncthreads(); }
 };
 
 // The kernel's static shared memory: scalars of the algorithm and the warp partials.
 struct StaticShared {
-  Candidate partial[kWarps + 1];
-  double doubles[1];
+  Candidate partial[2 * kWarps];
   long long shared_min;
   int64_t bad_kind;
-  int32_t ints[2];
 };
 static_assert(sizeof(StaticShared) <= launch::kStaticSharedBytes, "raise launch::kStaticSharedBytes");
 
@@ -198,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
   w.entry = reinterpret_cast<int32_t*>(slice + r.entry);
   w.assigned = reinterpret_cast<int32_t*>(slice + r.assigned);
 
-  BlockExec exec{scalars.ints, scalars.doubles, scalars.partial};
+  BlockExec exec{scalars.partial, 0};
   if (!solve(exec, p, w)) {
     if (threadIdx.x == 0) st[0] = kInfeasible;
     return;
