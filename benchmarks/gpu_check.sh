@@ -9,9 +9,10 @@
 #      (make gpu-wheels downloads them; any that is missing is skipped and said), checks
 #      that the project installs (into a scratch folder), and builds both native targets
 #      with `python -m hybridmatch.solvers.build`;
-#   2. runs every test marked cuda, then the whole solver property table
-#      (tests/test_solvers.py, the cuda backend included);
-#   3. runs compute-sanitizer's memcheck and racecheck on benchmarks/gpu_sanitize.py;
+#   2. runs every test marked cuda and the whole solver property table
+#      (tests/test_solvers.py, the cuda backend included), and
+#   3. compute-sanitizer's memcheck and racecheck on benchmarks/gpu_sanitize.py,
+#      these four side by side;
 #   4. runs the GPU section of benchmarks/solvers.py (batch 16, float32) and the
 #      end-to-end matching of benchmarks/gpu_matching.py;
 #   5. writes everything under OUTDIR (at most 8 files: summary.md, summary.json,
@@ -112,32 +113,41 @@ EOF
 if ((GPU)); then
   TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
   export TORCH_CUDA_ARCH_LIST
-  step build 240 "$OUTDIR/build.log" "$PY" -m hybridmatch.solvers.build
+  # Both targets at once (separate extensions, separate locks). --cuda fails on a
+  # failed CUDA build, where the plain command would call it skipped.
+  step build 240 "$OUTDIR/build.log" bash -c '
+    "$0" -m hybridmatch.solvers.build --cpu & cpu=$!
+    "$0" -m hybridmatch.solvers.build --cuda; cuda=$?
+    wait $cpu; cpu=$?
+    exit $((cpu | cuda))' "$PY"
 else
   step build 240 "$OUTDIR/build.log" "$PY" -m hybridmatch.solvers.build --cpu
 fi
 
-# 2. Tests.
+# 2 and 3 run side by side (correctness only: nothing is timed until step 4), each
+# into its own log, gathered into tests.log and sanitizer.log afterwards.
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs)
-step tests-cuda 120 "$OUTDIR/tests.log" "${PYTEST[@]}" -m cuda tests
+step tests-cuda 150 "$WORK/tests-cuda.log" "${PYTEST[@]}" -m cuda tests &
 if ((GPU)); then
-  step tests-table 150 "$OUTDIR/tests.log" "${PYTEST[@]}" tests/test_solvers.py
+  step tests-table 180 "$WORK/tests-table.log" "${PYTEST[@]}" tests/test_solvers.py &
 else
   # Without a GPU the table has no cuda backend: collecting it is the rehearsal.
-  step tests-table 60 "$OUTDIR/tests.log" "${PYTEST[@]}" --collect-only tests/test_solvers.py
+  step tests-table 60 "$WORK/tests-table.log" "${PYTEST[@]}" --collect-only tests/test_solvers.py &
 fi
-
-# 3. compute-sanitizer. No caching allocator: each tensor its own allocation, so
-# memcheck sees an access past a tensor's end.
+# compute-sanitizer. No caching allocator: each tensor its own allocation, so memcheck
+# sees an access past a tensor's end.
 if ((GPU)) && [[ -n $SANITIZER ]]; then
   for tool in memcheck racecheck; do
-    step "sanitizer-$tool" 90 "$OUTDIR/sanitizer.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-      "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" benchmarks/gpu_sanitize.py
+    step "sanitizer-$tool" 150 "$WORK/sanitizer-$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" benchmarks/gpu_sanitize.py &
   done
 else
   log "sanitizer: no GPU or no compute-sanitizer: the workload alone, on the native backend"
-  step sanitizer-workload 60 "$OUTDIR/sanitizer.log" "$PY" benchmarks/gpu_sanitize.py --device cpu
+  step sanitizer-workload 60 "$WORK/sanitizer-workload.log" "$PY" benchmarks/gpu_sanitize.py --device cpu &
 fi
+wait
+cat "$WORK"/tests-*.log >"$OUTDIR/tests.log" 2>/dev/null
+cat "$WORK"/sanitizer-*.log >"$OUTDIR/sanitizer.log" 2>/dev/null
 
 # 4. Benchmarks.
 SHAPES=(300x30 900x30 1500x30x6 1500x100x6 3000x100x6)
