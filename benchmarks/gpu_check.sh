@@ -101,8 +101,17 @@ fi
 # The project itself runs from this checkout (PYTHONPATH); this checks it installs.
 step install-check 60 "$OUTDIR/build.log" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
   --no-compile --target "$WORK/install-check" "$REPO"
-"$PY" - >>"$OUTDIR/build.log" 2>&1 <<'EOF'
+"$PY" - "$REPO" "$WORK/install-check" >>"$OUTDIR/build.log" 2>&1 <<'EOF'
 import importlib
+import sys
+from pathlib import Path
+
+# The installed package must carry every native source (the extensions build from it).
+repo, installed = Path(sys.argv[1]) / "hybridmatch" / "csrc", Path(sys.argv[2]) / "hybridmatch" / "csrc"
+if installed.parent.exists():
+    missing = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()
+                     and not (installed / p.relative_to(repo)).exists())
+    print(f"install-check: csrc files missing from the installed package: {missing or 'none'}")
 for name in ("lap", "pycocotools", "torch_linear_assignment", "triton"):
     try:
         module = importlib.import_module(name)

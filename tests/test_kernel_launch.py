@@ -1,6 +1,6 @@
 """CPU-side guard of the CUDA kernel's launch: configuration and memory against H100/H200 limits.
 
-The launch plan is computed by the real code (``csrc/cuda/lsap_launch.h``, which
+The launch plan is computed by the real code (``csrc/lsap_launch.h``, which
 ``lsap_cuda.cu`` launches with), compiled here by g++, for every shape the benchmarks
 and the end-to-end matching run; the kernel's registers and static shared memory are
 read from ptxas for sm_90. The limits are the H100/H200's (compute capability 9.0),
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CUDA_DIR = REPO / "hybridmatch" / "csrc" / "cuda"
+CSRC = REPO / "hybridmatch" / "csrc"
+CUDA_DIR = CSRC / "cuda"
 CXX = shutil.which("g++")
 NVCC = shutil.which("nvcc")
 
@@ -71,7 +72,7 @@ def planner(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("g++ not installed")
     folder = tmp_path_factory.mktemp("launch")
     (folder / "plan.cpp").write_text(PLAN_MAIN)
-    done = subprocess.run([CXX, "-std=c++17", "-O1", f"-I{CUDA_DIR}", str(folder / "plan.cpp"), "-o",
+    done = subprocess.run([CXX, "-std=c++17", "-O1", f"-I{CSRC}", str(folder / "plan.cpp"), "-o",
                            str(folder / "plan")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
@@ -130,7 +131,7 @@ def test_kernel_resources_for_sm90(tmp_path: Path) -> None:
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert len(usage) == 2 and len(spills) == 2, report  # float32 and float64 kernels
     threads = 256  # launch::kThreads, checked against the header below
-    assert "HYBRIDMATCH_CUDA_THREADS 256" in (CUDA_DIR / "lsap_launch.h").read_text()
+    assert "HYBRIDMATCH_CUDA_THREADS 256" in (CSRC / "lsap_launch.h").read_text()
     for registers, smem in usage:
         assert int(registers) <= REGISTERS_PER_THREAD
         assert int(registers) * threads <= REGISTERS_PER_SM

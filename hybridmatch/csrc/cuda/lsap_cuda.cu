@@ -11,7 +11,7 @@
 #include <mutex>
 
 #include "../lsap_core.h"
-#include "lsap_launch.h"
+#include "../lsap_launch.h"
 
 namespace hybridmatch {
 namespace {

@@ -1,6 +1,6 @@
 // hybridmatch CUDA target: the launch plan and workspace layout, in plain C++.
 //
-// Arithmetic shared by the kernel file (lsap_cuda.cu) and the CPU-side
+// Arithmetic shared by the kernel file (cuda/lsap_cuda.cu) and the CPU-side
 // launch guard test (tests/test_kernel_launch.py compiles this header with g++ and
 // checks every benchmark shape against the H100/H200 limits). No CUDA headers.
 //
