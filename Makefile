@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo match-demo test bench docs clean
+.PHONY: demo match-demo test bench docs clean gpu-check gpu-wheels
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ bench: $(BIN)/.installed
 
 docs: $(BIN)/.docs-installed
 	$(BIN)/sphinx-build -W -b html docs docs/_build/html
+
+# The CUDA solver's check on a GPU machine (benchmarks/gpu_check.sh; OUT or gpu-check-out/).
+gpu-check:
+	benchmarks/gpu_check.sh $(OUT)
+
+# Wheels gpu-check installs on a machine without network (Python 3.12, x86-64), into .whl/.
+GPU_WHEELS ?= lap==0.5.13 pycocotools==2.0.11 torch-linear-assignment==0.1.0
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) docs/_build build *.egg-info

@@ -600,6 +600,17 @@ def _torch_linear_assignment() -> tuple[Callable | None, str]:
     return batch_linear_assignment, ""
 
 
+def _falls_back_to_the_cpu(solve: Callable[[], object]) -> str:
+    """Run ``solve`` once; a note when torch-linear-assignment warned that it used SciPy on the CPU."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        solve()
+    said = [str(w.message) for w in caught if "SciPy" in str(w.message) or "CPU" in str(w.message)]
+    return f"ran on the CPU, not the GPU: {said[0][:120]}" if said else ""
+
+
 def bench_gpu_shape(shape: Shape, args: argparse.Namespace, seed: int, device: str = "cuda") -> list[Record]:
     """The same costs as the CPU section (same seed), timed on the GPU, synchronised.
 
@@ -650,6 +661,9 @@ def bench_gpu_shape(shape: Shape, args: argparse.Namespace, seed: int, device: s
         rec.skip("torch_linear_assignment", form, why)
     else:
         attempt("torch_linear_assignment", lambda: tla(materialised_gpu), form, 1, cost64)
+        fallback = _falls_back_to_the_cpu(lambda: tla(materialised_gpu)) if on_gpu else ""
+        if fallback and rec.records[-1].method == "torch_linear_assignment":
+            rec.records[-1].note = "; ".join(filter(None, [rec.records[-1].note, fallback]))
     return rec.records
 
 
@@ -809,6 +823,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lapjv-cap", type=float, default=2.0,
                         help="skip lap.lapjv when one problem takes longer (seconds, default 2)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the GPU section (benchmarks/gpu_check.sh runs this on the GPU machine)")
+    parser.add_argument("--gpu-dry-run", action="store_true",
+                        help="run the GPU section's code on the CPU (no GPU numbers; its cuda methods fail)")
     parser.add_argument("--method-budget", type=float, default=60.0,
                         help="seconds of timed repeats per method and shape before the repeats "
                              "are cut (at least one is kept; default 60)")
@@ -832,11 +850,11 @@ def _warm_backends() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.lapx_info, args.lapx_note = lapx_info(find_lapx_python(args.lapx_python))
-    if args.lapx_info is None:
-        args.lapx_python = None
+    if args.gpu_only:  # no CPU section: no lapx worker either
+        args.lapx_info, args.lapx_note, args.lapx_python = None, "", None
     else:
-        args.lapx_python = find_lapx_python(args.lapx_python)
+        args.lapx_info, args.lapx_note = lapx_info(find_lapx_python(args.lapx_python))
+        args.lapx_python = None if args.lapx_info is None else find_lapx_python(args.lapx_python)
     _warm_backends()
     info = machine_info(args)
     lapx_text = f"lapx {info['lapx']}" if info["lapx"] else "no lapx"
@@ -846,20 +864,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.lapx_note:
         print(args.lapx_note)
     records: list[Record] = []
-    for i, shape in enumerate(args.shapes):
-        records.extend(bench_shape(shape, args, seed=args.seed + 1000 * i))
-
-    print_table(records)
-    summary = summarise(records, args.shapes, args.threads)
-    print_summary(summary, args.threads)
-    print()
+    summary: list[dict] = []
+    if not args.gpu_only:
+        for i, shape in enumerate(args.shapes):
+            records.extend(bench_shape(shape, args, seed=args.seed + 1000 * i))
+        print_table(records)
+        summary = summarise(records, args.shapes, args.threads)
+        print_summary(summary, args.threads)
+        print()
 
     gpu_note = gpu_unavailable_reason()
+    gpu_device = "cuda"
+    if gpu_note is not None and args.gpu_dry_run:
+        gpu_note, gpu_device = "GPU section dry run on the CPU: no GPU numbers", "cpu"
+        info["cuda_device"] = "cpu (dry run)"
     gpu_records: list[Record] = []
-    if gpu_note is None:
+    if gpu_note is None or gpu_device == "cpu":
         for i, shape in enumerate(args.shapes):
-            gpu_records.extend(bench_gpu_shape(shape, args, seed=args.seed + 1000 * i))
-    if gpu_note is None:
+            gpu_records.extend(bench_gpu_shape(shape, args, seed=args.seed + 1000 * i, device=gpu_device))
+    if gpu_records:
         print(f"GPU ({info['cuda_device']}): ms per batch, synchronised; "
               "speed-up over the scipy loop incl. host copy")
         print_table(gpu_records, baseline="x scipy+copy")
@@ -870,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['load_average_at_end']} at end, on {info['cpu_count']} CPUs")
 
     failures = [r for r in records + gpu_records if r.ms_median is not None and not r.same_total]
+    if gpu_device == "cuda" and gpu_note is None:
+        # A cuda method that raised is a failure of the GPU run, not a skip.
+        failures += [r for r in gpu_records if r.method.startswith("hybridmatch cuda") and r.ms_median is None]
     if args.json is not None:
         payload = {
             "machine": info,
@@ -883,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
                 "target_x_best_peer": TARGET_X_BEST_PEER,
                 "rows": summary,
             },
-            "gpu": {"note": gpu_note, "records": [asdict(r) for r in gpu_records]},
+            "gpu": {"note": gpu_note, "device": gpu_device if gpu_records else None,
+                    "records": [asdict(r) for r in gpu_records]},
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     if failures:

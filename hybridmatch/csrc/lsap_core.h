@@ -4,7 +4,7 @@
 // problem, and by nvcc for the CUDA target (csrc/cuda), one thread block per problem.
 // The control flow below is shared; the two targets differ only in the `Exec` policy
 // that runs a loop over columns (sequentially, or strided over the threads of a block
-// followed by a block-wide argmin) and in where the workspace lives.
+// with a block-wide argmin) and in where the workspace lives.
 //
 // The problem. `rows` rows, each of which must take `demand` columns; `cols` columns,
 // each taken by at most one row; rows * demand <= cols. With the batch's queries x
@@ -42,6 +42,7 @@ enum Status : int64_t {
   kNaN = 1,          // detail: (query, target) of the first NaN
   kBadInfinity = 2,  // -inf when minimising, +inf when maximising; detail as above
   kInfeasible = 3,   // detail: (-1, -1)
+  kBadCount = 4,     // CUDA target only: num_targets[b] outside [0, M]; detail: (count, M)
 };
 
 struct Result {
@@ -105,28 +106,44 @@ HM_HD Problem<T> orient(const T* cost, int64_t n, int64_t m, int64_t stride, int
 
 constexpr double kInf = __builtin_huge_val();
 
-// One augmentation from `start`. Returns false when the residual graph has no path
-// (the problem is infeasible). `Exec` provides:
-//   exec.for_each(n, f)               f(j) for j in [0, n), then a barrier
+// The column settled by one search step: its index (-1 when none is reachable), its
+// distance, and whether it is free (no owner).
+struct Pick {
+  int32_t index;
+  double value;
+  bool is_free;
+};
+
+// The `Exec` policy runs the loops. On the CPU everything is one thread; on the GPU
+// a block of threads, where column j is always visited by the same thread (so a
+// thread reads back its own columns without a barrier) and only argmin_cols and sync
+// are barriers:
+//   exec.for_each(n, f)               f(j) for j in [0, n); no barrier
 //   exec.argmin_cols(n, key, free)    calls key(j) once for every j in [0, n) (key may
-//                                     update column j) and returns the j of smallest
-//                                     key(j) < +inf; ties: free(j) first, then lowest j;
-//                                     -1 when none. The result is seen by all threads.
-//   exec.single(f)                    f() once (one thread), then a barrier
-//   exec.shared_int(), shared_double()  a scalar visible to every thread
+//                                     update column j) and returns the Pick of smallest
+//                                     key(j) < +inf; ties: free(j) first, then lowest j.
+//                                     Every thread gets the same Pick; one barrier.
+//   exec.once(f)                      f() on one thread (always the same one); no barrier
+//   exec.on_column(j, f)              f() on the thread that visits column j; no barrier
+//   exec.sync()                       a barrier
+// The scalars of a search (row, level) are per thread: every thread computes them from
+// the same Pick, so they agree without shared copies.
+
+// One augmentation from `start`. Returns false when the residual graph has no path
+// (the problem is infeasible). Expects a barrier since the last change of owner, u,
+// seen or assigned; ends with one.
 template <typename Exec, typename T>
 HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start, int32_t stamp) {
   const int32_t cols = p.cols;
-  int32_t& row = exec.shared_int(0);
-  int32_t& sink = exec.shared_int(1);
-  double& min_val = exec.shared_double(0);
-  exec.single([&] {
-    row = start;
-    sink = -1;
-    min_val = 0.0;
+  // seen and entry are written by the `once` thread only; every other thread reads
+  // them after the loop, behind at least one argmin barrier since their last write.
+  exec.once([&] {
     w.seen[start] = stamp;
     w.entry[start] = -1;
   });
+  int32_t row = start;
+  double min_val = 0.0;
+  int32_t sink = -1;
   bool first = true;
   while (true) {
     const int32_t i = row;
@@ -161,62 +178,66 @@ HM_HD bool augment(Exec& exec, const Problem<T>& p, Workspace& w, int32_t start,
     };
     auto is_free = [&](int32_t j) { return w.owner[j] < 0; };
     const int32_t width = p.slot_width;
-    const int32_t next =
+    const Pick next =
         width > 0
             ? exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j % width])); },
                                is_free)
             : exec.argmin_cols(cols, [&](int32_t j) { return relax(j, static_cast<double>(cost_row[j])); }, is_free);
     first = false;
-    if (next < 0) return false;
-    exec.single([&] {
-      min_val = w.dist[next];
-      w.settled[next] = 1;
-      const int32_t owner = w.owner[next];
-      if (owner < 0) {
-        sink = next;
-      } else {
-        row = owner;
-        w.seen[owner] = stamp;
-        w.entry[owner] = next;
-      }
+    if (next.index < 0) return false;
+    const int32_t j = next.index;
+    min_val = next.value;  // dist[j]
+    exec.on_column(j, [&] { w.settled[j] = 1; });
+    // Free or not comes with the pick: owner[j] may be rewritten below (by the `once`
+    // thread, augmenting) while another thread is still here.
+    if (next.is_free) {
+      sink = j;
+      break;
+    }
+    const int32_t owner = w.owner[j];
+    exec.once([&] {
+      w.seen[owner] = stamp;
+      w.entry[owner] = j;
     });
-    if (sink >= 0) break;
+    row = owner;
   }
   // Duals: rows reached at distance dist[entry] move by min_val - that distance,
-  // settled columns by the opposite; matched edges keep reduced cost zero.
+  // settled columns by the opposite; matched edges keep reduced cost zero. These two
+  // loops and the augmentation touch disjoint data: one barrier after all three.
   const double final_val = min_val;
-  exec.for_each(cols, [&](int32_t j) {
-    if (w.settled[j]) w.v[j] -= final_val - w.dist[j];
+  exec.for_each(cols, [&](int32_t c) {
+    if (w.settled[c]) w.v[c] -= final_val - w.dist[c];
   });
   exec.for_each(p.rows, [&](int32_t r) {
     if (w.seen[r] == stamp) w.u[r] += r == start ? final_val : final_val - w.dist[w.entry[r]];
   });
-  exec.single([&] {
+  exec.once([&] {
     // Augment along the path: each row on it trades its entry column for the next.
-    int32_t j = sink;
+    int32_t c = sink;
     while (true) {
-      const int32_t i = w.pred[j];
-      w.owner[j] = i;
-      int32_t* slots = w.assigned + i * p.demand;
-      if (i == start) {
+      const int32_t r = w.pred[c];
+      w.owner[c] = r;
+      int32_t* slots = w.assigned + r * p.demand;
+      if (r == start) {
         for (int32_t s = 0; s < p.demand; ++s) {
           if (slots[s] < 0) {
-            slots[s] = j;
+            slots[s] = c;
             break;
           }
         }
         break;
       }
-      const int32_t previous = w.entry[i];
+      const int32_t previous = w.entry[r];
       for (int32_t s = 0; s < p.demand; ++s) {
         if (slots[s] == previous) {
-          slots[s] = j;
+          slots[s] = c;
           break;
         }
       }
-      j = previous;
+      c = previous;
     }
   });
+  exec.sync();
   return true;
 }
 
@@ -232,6 +253,7 @@ HM_HD bool solve(Exec& exec, const Problem<T>& p, Workspace& w) {
     w.seen[r] = -1;
   });
   exec.for_each(p.rows * p.demand, [&](int32_t s) { w.assigned[s] = -1; });
+  exec.sync();
   int32_t stamp = 0;
   for (int32_t unit = 0; unit < p.demand; ++unit) {
     for (int32_t r = 0; r < p.rows; ++r) {

@@ -19,15 +19,12 @@ namespace hybridmatch {
 namespace {
 
 struct CpuExec {
-  int32_t ints[2];
-  double doubles[1];
-
   template <typename F>
   void for_each(int32_t n, F f) {
     for (int32_t j = 0; j < n; ++j) f(j);
   }
   template <typename Key, typename Free>
-  int32_t argmin_cols(int32_t n, Key key, Free is_free) {
+  Pick argmin_cols(int32_t n, Key key, Free is_free) {
     int32_t best = -1;
     double lowest = kInf;
     bool best_free = false;
@@ -42,14 +39,17 @@ struct CpuExec {
         best_free = true;
       }
     }
-    return best;
+    return Pick{best, lowest, best_free};
   }
   template <typename F>
-  void single(F f) {
+  void once(F f) {
     f();
   }
-  int32_t& shared_int(int index) { return ints[index]; }
-  double& shared_double(int index) { return doubles[index]; }
+  template <typename F>
+  void on_column(int32_t, F f) {
+    f();
+  }
+  void sync() {}
 };
 
 struct Buffers {
