@@ -48,7 +48,7 @@ CUDA_SOURCES = [CSRC / "cuda" / "lsap_cuda_binding.cpp", CSRC / "cuda" / "lsap_c
 CPU_NAME, CUDA_NAME = "hybridmatch_native_cpu", "hybridmatch_native_cuda"
 
 # Status codes of csrc/lsap_core.h.
-OK, NAN, BAD_INFINITY, INFEASIBLE = 0, 1, 2, 3
+OK, NAN, BAD_INFINITY, INFEASIBLE, BAD_COUNT = 0, 1, 2, 3, 4
 
 LOCK_TIMEOUT_ENV = "HYBRIDMATCH_BUILD_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 900.0
@@ -328,8 +328,9 @@ def solve_batch(
     ``status[b] = (code, query, target)``; the caller turns codes into errors.
     """
     if device == "cuda":
-        # Pinned and non-blocking: the copy queues behind the cost's producers, no host wait.
-        counts = torch.tensor(num_targets, dtype=torch.int64).pin_memory().to(cost.device, non_blocking=True)
+        # Host counts: the binding checks their bounds, builds the transposed cost only for
+        # the problems that need it, and copies them pinned and non-blocking (no host wait).
+        counts = torch.tensor(num_targets, dtype=torch.int64)
         try:
             assignment, status = cuda_module().solve_batch(cost, counts, capacity, maximize)
         except RuntimeError as error:
@@ -341,6 +342,12 @@ def solve_batch(
                 f"{major}.{minor}): set TORCH_CUDA_ARCH_LIST='{major}.{minor}' (a build of its own) "
                 "and rebuild (python -m hybridmatch.solvers.build --cuda) before a new process"
             ) from None
-        return assignment, status.cpu()
+        status = status.cpu()
+        if bool((status[:, 0] == BAD_COUNT).any()):  # the kernel's own check: never from host counts
+            raise RuntimeError(
+                f"hybridmatch CUDA solver: num_targets out of range reached the kernel ({num_targets}); "
+                "this is a bug in hybridmatch, please report it"
+            )
+        return assignment, status
     counts = torch.tensor(num_targets, dtype=torch.int64)
     return cpu_module().solve_batch(cost, counts, capacity, maximize)
