@@ -204,3 +204,12 @@ def test_check_training_args_rejects_impossible_values(argv, message, capsys) ->
     with pytest.raises(SystemExit):
         check_training_args(parser, parser.parse_args(argv))
     assert message in capsys.readouterr().err
+
+
+def test_cli_docstring_example() -> None:
+    import doctest
+
+    from examples.common import cli
+
+    result = doctest.testmod(cli)
+    assert result.attempted > 0 and result.failed == 0

@@ -167,25 +167,25 @@ def format_report(summary: Mapping[str, Any], *, val_images: int | None = None) 
     Example:
         >>> s = summarize({"one2one": {0: [0.1, 0.2], 1: [0.1, 0.3]},
         ...                "branch o2o": {0: [0.2, 0.3], 1: [0.1, 0.3]}}, early_epoch=1)
-        >>> print(format_report(s).splitlines()[3])
-        one2one                   10.0 [10.0, 10.0]    25.0 [20.0, 30.0]
+        >>> print(format_report(s).splitlines()[4])
+        one2one                    10.0 [10.0, 10.0]     25.0 [20.0, 30.0]
     """
     early, end = summary["early_epoch"], summary["epochs"]
     seeds = summary["seeds"]
     where = f" on {val_images} validation images" if val_images else ""
-    head = f"{'':<22} {'epoch ' + str(early):>18}   {'epoch ' + str(end) + ' (end)':>18}"
+    head = f"{'':<22} {'epoch ' + str(early):>19}   {'epoch ' + str(end) + ' (end)':>19}"
     lines = [f"COCO AP (%){where}: mean [min, max] over {len(seeds)} seeds {seeds}", "", head,
              "-" * len(head)]
     for name, row in summary["lines"].items():
-        lines.append(f"{name:<22} {_cell(row['early']):>18}   {_cell(row['end']):>18}")
+        lines.append(f"{name:<22} {_cell(row['early']):>19}   {_cell(row['end']):>19}")
     paired = summary.get("paired")
     if paired:
         lines.append("-" * len(head))
-        lines.append(f"{'branch o2o - one2one':<22} {_cell(paired['early'], True):>18}   "
-                     f"{_cell(paired['end'], True):>18}")
+        lines.append(f"{'branch o2o - one2one':<22} {_cell(paired['early'], True):>19}   "
+                     f"{_cell(paired['end'], True):>19}")
         n = len(seeds)
-        lines.append(f"{'  seeds branch ahead':<22} {str(paired['ahead_early']) + ' of ' + str(n):>18}   "
-                     f"{str(paired['ahead_end']) + ' of ' + str(n):>18}")
+        lines.append(f"{'  seeds branch ahead':<22} {str(paired['ahead_early']) + ' of ' + str(n):>19}   "
+                     f"{str(paired['ahead_end']) + ' of ' + str(n):>19}")
     return "\n".join(lines)
 
 
