@@ -20,7 +20,7 @@ It prints a table (mean and min-max over seeds, at an early epoch and at the end
 the paired per-seed difference), writes ``demo_ap.png`` (AP per epoch) and ``demo.json``
 (every number) to ``--output-dir``. About 5-6 minutes on 2 CPU cores with the defaults.
 
-    python -m examples.detection.main_job [--seeds 0 1 2] [--epochs 10] [--workers 2]
+    python -m examples.detection.main_job [--seeds 0 1 2] [--epochs 12] [--workers 2]
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ queries, about 7 objects per image) is far outside what this run can reproduce o
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("examples.detection.main_job", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one pair of runs per seed")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--early-epoch", type=int, default=None,
                    help="the early budget reported next to the end (default: half of --epochs)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     g = p.add_argument_group("synthetic data (examples.detection.synthetic)")
-    g.add_argument("--train-images", type=int, default=150)
+    g.add_argument("--train-images", type=int, default=160)
     g.add_argument("--val-images", type=int, default=80)
     g.add_argument("--image-size", type=int, default=128)
     g.add_argument("--num-classes", type=int, default=4)
