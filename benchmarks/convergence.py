@@ -1,9 +1,14 @@
-"""Convergence of the four training schemes: COCO AP after every epoch on the synthetic set.
+"""Convergence of the four training schemes: COCO AP after every epoch on the dense synthetic set.
 
 Trains the tiny H-Deformable-DETR with ``one2one`` (Deformable-DETR), ``branch``, ``epoch`` and
-``layer`` (H-DETR's three hybrid schemes) for each seed, evaluating after every epoch, and
-writes ``convergence.json`` (every run's per-epoch COCO stats and losses, the mean AP curve per
-scheme) and ``convergence.png`` (AP per epoch, mean over seeds, min-max band).
+``layer`` (H-DETR's three hybrid schemes) for each seed, evaluating after every epoch, in
+parallel worker processes of one thread each, on the setting of the demo
+(:mod:`examples.detection.main_job`): up to 20 objects per image, 30 one-to-one + 90
+one-to-many queries (one group of 120 for ``epoch`` / ``layer``). Each seed's runs start
+from the same weights (the branch adds only its one-to-many query rows). Writes
+``convergence.json`` (every run's per-epoch COCO stats and losses, the mean/min/max AP curve
+per scheme, and the branch's one-to-many group with NMS as ``branch o2m+NMS``) and
+``convergence.png`` (AP per epoch, mean over seeds, min-max band).
 
     python benchmarks/convergence.py --seeds 0 1 2 --epochs 12 --output-dir out/
     python benchmarks/convergence.py --quick      # a smoke test, ~1 minute
@@ -13,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.detection.criterion import SCHEMES  # noqa: E402
-from examples.detection.engine import cleanup_distributed, get_args_parser, run  # noqa: E402
+from examples.detection.main_job import _worker  # noqa: E402
 
 __all__ = ["main", "plot"]
 
@@ -35,32 +43,37 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("benchmarks/convergence.py",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--train-images", type=int, default=320)
-    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--train-images", type=int, default=160)
+    p.add_argument("--val-images", type=int, default=80)
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--max-objects", type=int, default=20)
+    p.add_argument("--num-queries-one2one", type=int, default=30)
+    p.add_argument("--num-queries-one2many", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs in parallel, one thread each")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/convergence"))
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 epochs, 8 training and 4 validation images of 64x64")
     return p
 
 
-def _run_args(options: argparse.Namespace, scheme: str, seed: int) -> argparse.Namespace:
+def _run_args(options: argparse.Namespace, scheme: str, seed: int) -> list[str]:
     out = options.output_dir / "runs" / f"{scheme}-seed{seed}"
-    log = out / "log.jsonl"
-    if log.exists():
-        log.unlink()  # each benchmark run starts its log afresh
-    return get_args_parser().parse_args([
+    return [
         "--data", "synthetic", "--data-path", str(options.output_dir / "data"), "--scheme", scheme,
         "--config", "tiny", "--epochs", str(options.epochs), "--batch-size", str(options.batch_size),
-        "--lr", str(options.lr), "--lr-backbone", str(options.lr / 10),
+        "--lr", str(options.lr), "--num-queries-one2one", str(options.num_queries_one2one),
+        "--num-queries-one2many", str(options.num_queries_one2many),
         "--synthetic-train-images", str(options.train_images),
         "--synthetic-val-images", str(options.val_images), "--synthetic-size", str(options.image_size),
+        "--synthetic-max-objects", str(options.max_objects), "--device", "cpu",
         "--seed", str(seed), "--output-dir", str(out), "--eval-every", "1", "--quiet",
-    ])
+        *(["--eval-one2many"] if scheme == "branch" else []),
+    ]
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -91,30 +104,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = _parser().parse_args(argv)
     if options.quick:
         options.epochs, options.train_images, options.val_images, options.image_size = 2, 8, 4, 64
-        options.batch_size = 2
+        options.batch_size, options.seeds, options.max_objects = 2, options.seeds[:1], 6
     options.output_dir.mkdir(parents=True, exist_ok=True)
+    # Generate the data once, before the workers start (examples.detection.engine skips ready sets).
+    from examples.detection.main_job import _prepare_data
+
+    _prepare_data(argparse.Namespace(output_dir=options.output_dir, image_size=options.image_size,
+                                     train_images=options.train_images, val_images=options.val_images,
+                                     num_classes=4, max_objects=options.max_objects, data_seed=0))
+    jobs = [(scheme, seed) for seed in options.seeds for scheme in options.schemes]
     runs: list[dict[str, Any]] = []
-    for seed in options.seeds:
-        for scheme in options.schemes:
-            started = time.perf_counter()
-            history = run(_run_args(options, scheme, seed))
-            seconds = time.perf_counter() - started
-            runs.append({"scheme": scheme, "seed": seed, "seconds": round(seconds, 1), "history": history})
+    with ProcessPoolExecutor(max_workers=options.workers, mp_context=get_context("spawn")) as pool:
+        started = time.perf_counter()
+        futures = {job: pool.submit(_worker, _run_args(options, *job)) for job in jobs}
+        for (scheme, seed), future in futures.items():
+            history = future.result()
+            runs.append({"scheme": scheme, "seed": seed, "history": history,
+                         "train_eval_seconds": round(sum(r["train_time_s"] + r.get("eval_time_s", 0)
+                                                         for r in history), 1)})
             print(f"{scheme:8s} seed {seed}: AP per epoch "
-                  + " ".join(f"{100 * r['coco']['AP']:.1f}" for r in history) + f" ({seconds:.0f}s)",
-                  file=sys.stderr, flush=True)
-    cleanup_distributed()
+                  + " ".join(f"{100 * r['coco']['AP']:.1f}" for r in history)
+                  + f" ({time.perf_counter() - started:.0f}s since start)", file=sys.stderr, flush=True)
     curves: dict[str, Any] = {}
-    for scheme in options.schemes:
-        per_run = [[r["coco"]["AP"] for r in run_["history"]] for run_ in runs if run_["scheme"] == scheme]
+    lines = [(scheme, scheme, "coco") for scheme in options.schemes]
+    if "branch" in options.schemes:
+        lines.append(("branch o2m+NMS", "branch", "coco_one2many_nms"))
+    for name, scheme, key in lines:
+        per_run = [[r[key]["AP"] for r in run_["history"]] for run_ in runs if run_["scheme"] == scheme]
         columns = list(zip(*per_run))
-        curves[scheme] = {"runs": per_run, "mean": [sum(c) / len(c) for c in columns],
-                          "min": [min(c) for c in columns], "max": [max(c) for c in columns]}
+        curves[name] = {"runs": per_run, "mean": [sum(c) / len(c) for c in columns],
+                        "min": [min(c) for c in columns], "max": [max(c) for c in columns]}
     summary = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
         "seeds": options.seeds,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+                    "threads_per_run": 1, "workers": options.workers},
         "ap_per_epoch": curves,
         "runs": runs,
     }

@@ -226,17 +226,23 @@ def test_eval_equals_training_one2one_outputs(two_stage: bool) -> None:
 
 
 def test_two_stage_seeds_one2one_with_the_top_ranked_proposals() -> None:
-    # Ranks 1..Q1 of the encoder's proposals (by best class score) seed the o2o group:
-    # with zero box deltas, layer 0's boxes are those proposals.
+    # Ranks 1..Q1 of the encoder's proposals by objectness, the logit of class 0 that the
+    # class-agnostic encoder loss trains (the official topk(enc_outputs_class[..., 0])), seed
+    # the o2o group: with zero box deltas, layer 0's boxes are those proposals.
     model = make_model(small_config()).train()
     for head in model.transformer.decoder.box_heads:
         torch.nn.init.zeros_(head.layers[-1].weight)
         torch.nn.init.zeros_(head.layers[-1].bias)
+    with torch.no_grad():  # class 1 dominates every proposal: ranking by the best class would follow it
+        model.transformer.enc_class_head.weight[1] *= 20.0
+        model.transformer.enc_class_head.bias[1] += 20.0
     images, mask = padded_batch([(64, 64), (64, 64)])
     with torch.no_grad():
         outputs = model(images, mask)
     enc = outputs["enc_outputs"]
-    order = enc["pred_logits"].max(-1).values.argsort(dim=1, descending=True)
+    order = enc["pred_logits"][..., 0].argsort(dim=1, descending=True)
+    by_best_class = enc["pred_logits"].max(-1).values.argsort(dim=1, descending=True)
+    assert not torch.equal(order[:, :Q1], by_best_class[:, :Q1])  # the case tells the two apart
     ranked = torch.gather(enc["pred_boxes"], 1, order[..., None].expand(-1, -1, 4))
     layer0 = outputs["aux_outputs"][0]["pred_boxes"]
     layer0_o2m = outputs["aux_outputs_one2many"][0]["pred_boxes"]

@@ -249,7 +249,7 @@ def test_resume_continues_like_an_uninterrupted_run(synthetic_root: Path, tmp_pa
     straight = run(_args(synthetic_root, tmp_path / "a", *common))
     run(_args(synthetic_root, tmp_path / "b", *common, "--stop-after", "1"))
     checkpoint = tmp_path / "b" / "checkpoint.pth"
-    assert torch.load(checkpoint, weights_only=False)["scheme"]["epoch"] == 1
+    assert torch.load(checkpoint, weights_only=False)["states"]["scheme"]["epoch"] == 1
     resumed = run(_args(synthetic_root, tmp_path / "b", *common, "--resume", str(checkpoint)))
 
     assert [r["epoch"] for r in resumed] == [0, 1]
@@ -258,7 +258,7 @@ def test_resume_continues_like_an_uninterrupted_run(synthetic_root: Path, tmp_pa
     b = torch.load(checkpoint, weights_only=False)
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=1e-6, atol=1e-7, msg=name)
-    assert a["scheme"] == b["scheme"] and a["lr_scheduler"] == b["lr_scheduler"]
+    assert a["states"] == b["states"] and a["lr_scheduler"] == b["lr_scheduler"]
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2 and '"coco"' in log[1]
 
@@ -330,7 +330,7 @@ def test_convergence_benchmark_quick_mode(tmp_path: Path) -> None:
 
     torch.set_num_threads(1)
     summary = main(["--quick", "--output-dir", str(tmp_path)])
-    assert set(summary["ap_per_epoch"]) == set(SCHEMES)
+    assert set(summary["ap_per_epoch"]) == set(SCHEMES) | {"branch o2m+NMS"}
     assert all(len(curve["mean"]) == 2 for curve in summary["ap_per_epoch"].values())
     assert (tmp_path / "convergence.json").is_file()
     assert (tmp_path / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,8 @@ matching, in plain PyTorch. Run its modules from the repository root, e.g.
 Modules: :mod:`.config` (``ModelConfig``), :mod:`.model` (``build_model``,
 ``postprocess``), :mod:`.backbone`, :mod:`.position_encoding`,
 :mod:`.deformable_attention`, :mod:`.transformer`; data, criterion and training
-live in their own modules. Nothing is imported here, so each module loads only
-what it needs.
+live in their own modules (:mod:`.criterion`, :mod:`.data`, :mod:`.synthetic`,
+:mod:`.evaluate`, :mod:`.nms`), training in :mod:`.engine` on top of
+:mod:`examples.common`, the demo in :mod:`.main_job`. Nothing is imported here, so each
+module loads only what it needs.
 """

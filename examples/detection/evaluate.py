@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["STAT_NAMES", "evaluate_coco", "format_ap_table", "format_side_by_side"]
+__all__ = ["STAT_NAMES", "evaluate_coco", "evaluate_heads", "format_ap_table", "format_side_by_side", "predict"]
 
 #: The names of ``COCOeval.stats``, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -61,40 +61,55 @@ def _label_to_category(dataset: Any) -> Mapping[int, int]:
     raise TypeError(f"{type(dataset).__name__} has no label_to_category mapping (contiguous label -> category id)")
 
 
+Postprocess = Callable[..., list]
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str,
-            *, top_k: int = 100, amp: bool = False) -> tuple[list[dict[str, Any]], list[int]]:
-    """This rank's detections in COCO result format, and the ids of the images it saw.
+            *, top_k: int = 100, amp: bool = False, heads: Mapping[str, Postprocess] | None = None,
+            one2many: bool = False) -> tuple[dict[str, list[dict[str, Any]]], list[int]]:
+    """This rank's detections in COCO result format, per head, and the ids of the images it saw.
+
+    Args:
+        heads: ``{name: postprocess(outputs, target_sizes, top_k=...)}``; default
+            ``{"coco": model.postprocess or examples.detection.model.postprocess}``. One forward
+            pass per batch serves every head.
+        one2many: run the model with ``one2many=True`` (needed by
+            :func:`examples.detection.nms.postprocess_one2many`).
 
     Returns:
-        ``(results, image_ids)``: results a list of ``{"image_id": int, "category_id": int,
-        "bbox": [x, y, w, h] (absolute, in the original image), "score": float}``.
+        ``(results, image_ids)``: results maps each head's name to a list of ``{"image_id": int,
+        "category_id": int, "bbox": [x, y, w, h] (absolute, in the original image), "score": float}``.
     """
     was_training = model.training
     model.eval()
     label_to_category = _label_to_category(dataset)
-    postprocess = getattr(_unwrap(model), "postprocess", None)
-    if postprocess is None:  # the example's detector exposes it as a module function
-        from .model import postprocess
+    if heads is None:
+        postprocess = getattr(_unwrap(model), "postprocess", None)
+        if postprocess is None:  # the example's detector exposes it as a module function
+            from .model import postprocess
+        heads = {"coco": postprocess}
     device = torch.device(device)
-    results: list[dict[str, Any]] = []
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in heads}
     image_ids: list[int] = []
+    extra = {"one2many": True} if one2many else {}
     try:
         for images, pixel_mask, targets in loader:
             images, pixel_mask = images.to(device), pixel_mask.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                outputs = model(images, pixel_mask)
+                outputs = model(images, pixel_mask, **extra)
             sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-            detections = postprocess(outputs, sizes, top_k=top_k)
-            for target, found in zip(targets, detections):
-                image_id = int(target["image_id"].reshape(-1)[0])
-                image_ids.append(image_id)
-                boxes = found["boxes"].float().cpu()
-                boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-                for box, score, label in zip(boxes.tolist(), found["scores"].float().cpu().tolist(),
-                                             found["labels"].cpu().tolist()):
-                    results.append({"image_id": image_id, "category_id": int(label_to_category[int(label)]),
-                                    "bbox": [round(v, 3) for v in box], "score": float(score)})
+            ids = [int(target["image_id"].reshape(-1)[0]) for target in targets]
+            image_ids.extend(ids)
+            for name, postprocess in heads.items():
+                for image_id, found in zip(ids, postprocess(outputs, sizes, top_k=top_k)):
+                    boxes = found["boxes"].float().cpu()
+                    boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+                    for box, score, label in zip(boxes.tolist(), found["scores"].float().cpu().tolist(),
+                                                 found["labels"].cpu().tolist()):
+                        results[name].append({"image_id": image_id,
+                                              "category_id": int(label_to_category[int(label)]),
+                                              "bbox": [round(v, 3) for v in box], "score": float(score)})
     finally:
         model.train(was_training)
     return results, image_ids
@@ -119,6 +134,66 @@ def _gather(results: list[dict[str, Any]], image_ids: list[int]) -> tuple[list[d
     return merged, all_ids
 
 
+def _coco_stats(dataset: Any, results: list[dict[str, Any]], image_ids: list[int], verbose: bool) -> list[float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _coco_api(dataset)
+    # pycocotools reports progress on stdout; keep it unless asked for.
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink:
+        if results:
+            detections = gt.loadRes(results)
+        else:  # loadRes cannot take an empty list; no detections score 0 (-1 where no GT).
+            detections = COCO()
+            detections.dataset = {"images": list(gt.dataset["images"]),
+                                  "categories": list(gt.dataset.get("categories", [])), "annotations": []}
+            detections.createIndex()
+        evaluator = COCOeval(gt, detections, iouType="bbox")
+        if image_ids:
+            evaluator.params.imgIds = sorted(set(image_ids))
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats]
+
+
+def evaluate_heads(model: nn.Module, loader: Iterable, dataset: Any, heads: Mapping[str, Postprocess],
+                   device: torch.device | str = "cpu", *, top_k: int = 100, amp: bool = False,
+                   one2many: bool = False, verbose: bool = False) -> dict[str, dict[str, float]]:
+    """COCO box AP/AR of several ways of reading the model's outputs, from one pass.
+
+    Args:
+        heads: ``{name: postprocess}``, e.g. ``{"coco": model.postprocess,
+            "coco_one2many_nms": nms.postprocess_one2many}``.
+        one2many: run the model with ``one2many=True``.
+        model, loader, dataset, device, top_k, amp, verbose: as in :func:`evaluate_coco`.
+
+    Returns:
+        ``{name: stats}``, each stats as :func:`evaluate_coco` returns.
+    """
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError as error:  # pragma: no cover - the example's requirements include it
+        raise ImportError("evaluate_coco needs pycocotools: pip install 'hybridmatch[examples]'") from error
+
+    per_head, image_ids = predict(model, loader, dataset, device, top_k=top_k, amp=amp, heads=heads,
+                                  one2many=one2many)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    out: dict[str, dict[str, float]] = {}
+    for name, results in per_head.items():
+        results, ids = _gather(results, image_ids)
+        stats = [0.0] * len(STAT_NAMES)
+        if not distributed or dist.get_rank() == 0:
+            stats = _coco_stats(dataset, results, ids, verbose)
+        if distributed:
+            box = [stats]
+            dist.broadcast_object_list(box, src=0)
+            stats = box[0]
+        out[name] = dict(zip(STAT_NAMES, stats))
+    return out
+
+
 def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str = "cpu",
                   *, top_k: int = 100, amp: bool = False, verbose: bool = False) -> dict[str, float]:
     """COCO box AP/AR of ``model`` on ``loader``'s images.
@@ -140,40 +215,11 @@ def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torc
         are 0 wherever there is ground truth. Under ``torch.distributed`` every rank must call
         it; all ranks get the same numbers (computed on rank 0, broadcast).
     """
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as error:  # pragma: no cover - the example's requirements include it
-        raise ImportError("evaluate_coco needs pycocotools: pip install 'hybridmatch[examples]'") from error
-
-    results, image_ids = predict(model, loader, dataset, device, top_k=top_k, amp=amp)
-    results, image_ids = _gather(results, image_ids)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    stats = [0.0] * len(STAT_NAMES)
-    if not distributed or dist.get_rank() == 0:
-        gt = _coco_api(dataset)
-        # pycocotools reports progress on stdout; keep it unless asked for.
-        sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with sink:
-            if results:
-                detections = gt.loadRes(results)
-            else:  # loadRes cannot take an empty list; no detections score 0 (-1 where no GT).
-                detections = COCO()
-                detections.dataset = {"images": list(gt.dataset["images"]),
-                                      "categories": list(gt.dataset.get("categories", [])), "annotations": []}
-                detections.createIndex()
-            evaluator = COCOeval(gt, detections, iouType="bbox")
-            if image_ids:
-                evaluator.params.imgIds = sorted(set(image_ids))
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        stats = [float(v) for v in evaluator.stats]
-    if distributed:
-        box = [stats]
-        dist.broadcast_object_list(box, src=0)
-        stats = box[0]
-    return dict(zip(STAT_NAMES, stats))
+    postprocess = getattr(_unwrap(model), "postprocess", None)
+    if postprocess is None:
+        from .model import postprocess
+    return evaluate_heads(model, loader, dataset, {"coco": postprocess}, device, top_k=top_k, amp=amp,
+                          verbose=verbose)["coco"]
 
 
 def format_ap_table(stats: Mapping[str, float], title: str | None = None) -> str:

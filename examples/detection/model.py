@@ -17,7 +17,7 @@ loss, boxes cxcywh normalised to the image's own size):
 * ``aux_outputs``: N - 1 dicts with ``pred_logits`` / ``pred_boxes`` of layers 0..N-2;
 * ``enc_outputs`` (two-stage): ``{"pred_logits": (B, S, C), "pred_boxes": (B, S, 4)}``, the
   per-pixel proposals of the encoder (S pixels of all levels; invalid ones have box 1.0);
-* training with Q2 > 0 only: ``pred_logits_one2many`` (B, Q2, C), ``pred_boxes_one2many``
+* training (or ``one2many=True``) with Q2 > 0 only: ``pred_logits_one2many`` (B, Q2, C), ``pred_boxes_one2many``
   (B, Q2, 4) and ``aux_outputs_one2many``.
 """
 
@@ -87,16 +87,20 @@ class HDeformableDETR(nn.Module):
     def num_queries_one2many(self) -> int:
         return self.cfg.num_queries_one2many
 
-    def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> dict:
+    def forward(self, images: Tensor, pixel_mask: Tensor | None = None, *, one2many: bool | None = None) -> dict:
         """Detect objects in a padded batch.
 
         Args:
             images (Tensor[B, 3, H, W]): normalised images, padded at the bottom and right.
             pixel_mask (Tensor[B, H, W] bool, optional): True = padding; None = no padding.
+            one2many (bool, optional): run the one-to-many group too (masked apart, so the
+                one-to-one outputs do not change). None: in training only. True in eval is
+                how the hybrid branch's one-to-many predictions are evaluated
+                (:func:`examples.detection.nms.postprocess_one2many`).
 
         Returns:
-            dict: the layout of the module docstring; the ``*_one2many`` keys only in
-            training with ``num_queries_one2many > 0``.
+            dict: the layout of the module docstring; the ``*_one2many`` keys only when the
+            one-to-many group runs and ``num_queries_one2many > 0``.
 
         Raises:
             ShapeError: images is not (B, 3, H, W) floating, or pixel_mask does not match it.
@@ -117,7 +121,8 @@ class HDeformableDETR(nn.Module):
         pos_embeds = [self.position_encoding(mask) for mask in masks]
 
         num_one2one = self.cfg.num_queries_one2one
-        num_one2many = self.cfg.num_queries_one2many if self.training else 0
+        run_one2many = self.training if one2many is None else one2many
+        num_one2many = self.cfg.num_queries_one2many if run_one2many else 0
         attn_mask = None
         if num_one2many > 0:
             attn_mask = hybrid_attention_mask(num_one2one, num_one2many, device=images.device)

@@ -263,7 +263,8 @@ def generate_synthetic_coco(
                 }
             )
     dataset = {
-        "info": {"description": f"hybridmatch synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": f"hybridmatch synthetic shapes, split {split}, seed {seed}",
+                 "seed": seed, "num_classes": num_classes, "max_objects": max_objects},
         "licenses": [],
         "images": images,
         "annotations": annotations,

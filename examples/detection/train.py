@@ -11,12 +11,16 @@ Several GPUs (one process each; gloo instead of NCCL on CPU-only machines)::
         --scheme branch --config r50 --backbone-weights r50.pth --amp --batch-size 2
 
 Resume with ``--resume OUTPUT_DIR/checkpoint.pth`` (same arguments), evaluate a checkpoint
-with ``--eval-only --resume ...``. Every epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``.
+with ``--eval-only --resume ...``. Every epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``;
+``--eval-one2many`` (branch) also scores the one-to-many queries with NMS. The loop, checkpoints,
+logs and shared arguments are :mod:`examples.common`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from examples.common import check_training_args
 
 from .engine import cleanup_distributed, get_args_parser, run
 
@@ -27,10 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and run."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_training_args(parser, args)
     if args.eval_only and args.resume is None:
         print("--eval-only without --resume evaluates an untrained model")
     try:

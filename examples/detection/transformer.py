@@ -10,12 +10,23 @@ look-forward-twice from DINO, Zhang et al., ICLR 2023):
 * **Two-stage proposals** (:func:`encoder_output_proposals`): every valid pixel of
   level ``l`` proposes a box centred on it, ``0.05 * 2**l`` wide and high; a class
   head and a box head (a delta on the proposal, in logit space) on the encoder
-  memory score and refine them. The top ``Q1 + Q2`` by their best class score,
-  sorted descending, seed the decoder: ranks ``1..Q1`` the one-to-one group, the
-  rest the one-to-many group, so the one-to-one group gets the same proposals with
-  or without the hybrid branch.
+  memory score and refine them. The class head is trained class-agnostically (every
+  object has label 0, see :class:`examples.detection.criterion.SetCriterion`), so, as
+  in the official H-Deformable-DETR, proposals are ranked by the logit of class 0,
+  the objectness score; the other columns only ever learn "no object". The top
+  ``Q1 + Q2``, sorted descending, seed the decoder: ranks ``1..Q1`` the one-to-one
+  group, the rest the one-to-many group, so the one-to-one group gets the same
+  proposals with or without the hybrid branch.
 * **Mixed query selection**: a query's position embedding comes from its proposal
   box; its content is a learned embedding (one per query slot).
+* **Initialisation** as the official code: Xavier-uniform for every matrix of the
+  encoder and decoder layers and of the two-stage projections, the deformable
+  attention's own scheme, normal level embeddings; class heads start at the focal
+  prior, the last layer of each box head at zero. The one-to-many rows of the
+  content embedding come from their own random stream (seeded by one draw of the
+  global stream), so a model with the hybrid branch starts from exactly the weights
+  of the one-to-one model built with the same seed, plus its extra rows
+  (:meth:`DeformableTransformer.reset_parameters`).
 * **Decoder**: ``dec_layers`` layers of self-attention (with the hybrid mask in
   training) + deformable cross-attention around the query's reference box + FFN.
   With iterative box refinement each layer has its own class and box heads and
@@ -425,22 +436,52 @@ class DeformableTransformer(nn.Module):
             self.pos_trans = nn.Linear(2 * dim, 2 * dim)
             self.pos_trans_norm = nn.LayerNorm(2 * dim)
             if cfg.mixed_selection:
-                self.query_content = nn.Embedding(total_queries, dim)
+                # Filled in reset_parameters; no draw here keeps the stream independent of Q2.
+                self.query_content = nn.Embedding(total_queries, dim, _weight=torch.empty(total_queries, dim))
         else:
-            self.query_embed = nn.Embedding(total_queries, 2 * dim)
+            self.query_embed = nn.Embedding(total_queries, 2 * dim, _weight=torch.empty(total_queries, 2 * dim))
             self.reference_points = nn.Linear(dim, 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Initialise as the official H-Deformable-DETR does (see the module docstring).
+
+        Every draw from the global random stream happens in an order and amount that do
+        not depend on ``num_queries_one2many``: the ``Q1`` one-to-one rows of the query
+        embedding come from the global stream, the ``Q2`` one-to-many rows from a
+        generator seeded by one draw of it, made whatever ``Q2`` is. Models of the same
+        configuration but for ``Q2``, built after the same ``torch.manual_seed``, hence
+        share every other weight exactly.
+        """
+        # Xavier on the matrices of the layers and projections (the official
+        # _reset_parameters); the heads are outside the official transformer and keep theirs.
+        xavier: list[nn.Module] = [*self.encoder_layers, *self.decoder.layers]
+        xavier += [self.enc_output, self.pos_trans] if self.cfg.two_stage else [self.reference_points]
+        for module in xavier:
+            for parameter in module.parameters():
+                if parameter.dim() > 1:
+                    nn.init.xavier_uniform_(parameter)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
         nn.init.normal_(self.level_embed)
+        embedding = self.query_content if self.cfg.two_stage and self.cfg.mixed_selection else getattr(
+            self, "query_embed", None)
+        side_seed = int(torch.randint(0, 2**62, ()))  # drawn whether or not there is a one2many group
+        if embedding is not None:
+            one2one = self.cfg.num_queries_one2one
+            with torch.no_grad():
+                nn.init.normal_(embedding.weight[:one2one])
+                side = torch.Generator(device="cpu").manual_seed(side_seed)
+                rest = embedding.weight.shape[0] - one2one
+                embedding.weight[one2one:] = torch.randn(rest, embedding.weight.shape[1], generator=side)
         heads: list[nn.Linear] = list(self.decoder.class_heads)
         boxes: list[MLP] = list(self.decoder.box_heads)
         if self.cfg.two_stage:
             heads.append(self.enc_class_head)
             boxes.append(self.enc_box_head)
         else:
-            nn.init.xavier_uniform_(self.reference_points.weight)
-            nn.init.zeros_(self.reference_points.bias)
+            nn.init.constant_(self.reference_points.bias, 0.0)
         for head in heads:
             nn.init.constant_(head.bias, CLASS_PRIOR_BIAS)
         for box in boxes:
@@ -518,12 +559,14 @@ class DeformableTransformer(nn.Module):
 
 
 def _top_proposals(enc_logits: Tensor, valid: Tensor, k: int) -> Tensor:
-    """Indices (Tensor[B, k] int64) of the ``k`` proposals with the highest best-class score.
+    """Indices (Tensor[B, k] int64) of the ``k`` proposals with the highest objectness.
 
-    Sorted by descending score; invalid proposals rank last. When there are fewer than
-    ``k`` positions (tiny images), the ranking is repeated cyclically to fill ``k`` slots.
+    The objectness is the logit of class 0, the one the class-agnostic encoder loss trains
+    (the official ``topk(enc_outputs_class[..., 0])``). Sorted by descending score; invalid
+    proposals rank last. When there are fewer than ``k`` positions (tiny images), the
+    ranking is repeated cyclically to fill ``k`` slots.
     """
-    scores = enc_logits.detach().max(dim=-1).values.float().masked_fill(~valid, float("-inf"))
+    scores = enc_logits.detach()[..., 0].float().masked_fill(~valid, float("-inf"))
     available = scores.shape[1]
     top = scores.topk(min(k, available), dim=1, sorted=True).indices
     if k > available:
