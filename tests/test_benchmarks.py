@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hybridmatch.solvers import available_backends
 
@@ -98,3 +99,28 @@ def test_lapx_worker_peer(tmp_path: Path) -> None:
         assert all(r["best_peer"] in {"scipy 2 threads", LAPX_METHOD} and not r["note"] for r in rows)
         assert rows[2]["x_materialised"] > 0
         assert [t["target"] for t in rows[2]["targets"]] == ["faster than materialised"]
+
+
+STEP_SCRIPT = SCRIPT.with_name("matching_step.py")
+
+
+def test_matching_step_benchmark_runs_and_its_peer_is_right(tmp_path: Path) -> None:
+    out = tmp_path / "step.json"
+    done = subprocess.run(
+        [sys.executable, str(STEP_SCRIPT), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["hybridmatch_ms"] > 0 and record["official_ms"] > 0 and record["call_300_ms"] > 0
+    assert "| 1 | 2 | 7 |" in done.stdout
+    # The official-style peer solves the same problem: DETR's indices, equal to HungarianMatcher's.
+    sys.path.insert(0, str(STEP_SCRIPT.parent))
+    try:
+        import matching_step
+    finally:
+        sys.path.remove(str(STEP_SCRIPT.parent))
+    from hybridmatch import HungarianMatcher
+
+    outputs, targets = matching_step.make_inputs(3, batch=2, num_queries=50, objects=5)
+    for (pred, tgt), (pred_want, tgt_want) in zip(matching_step.official_style_match(outputs, targets), HungarianMatcher()(outputs, targets)):
+        assert torch.equal(pred, pred_want) and torch.equal(tgt, tgt_want)
