@@ -129,7 +129,7 @@ class Supervision:
 class Scheme(abc.ABC):
     """Base class of the hybrid-matching schemes: settings plus the current epoch.
 
-    Subclasses implement :meth:`supervision`, :meth:`_settings` and, where they know the
+    Subclasses implement :meth:`supervision`, ``_settings`` and, where they know the
     query count, :meth:`num_queries`. ``epoch`` starts at 0; call :meth:`step` once per
     finished epoch (or :meth:`set_epoch`).
     """
@@ -368,7 +368,7 @@ class HybridBranch(Scheme):
 
     @property
     def inference_queries(self) -> slice:
-        """The queries kept at inference: the one-to-one group."""
+        """The queries kept at inference (the one-to-one group)."""
         return self.one2one_queries
 
     def num_queries(self) -> int:
@@ -536,7 +536,7 @@ class HybridEpoch(Scheme):
         return self._num_queries
 
     def is_one2many(self, epoch: int | None = None) -> bool:
-        """Whether ``epoch`` (default :attr:`epoch`) is in the one-to-many phase."""
+        """Whether ``epoch`` (default :attr:`~hybridmatch.schemes.Scheme.epoch`) is in the one-to-many phase."""
         return _resolve_epoch(self, epoch) < self._one2many_epochs
 
     def supervision(

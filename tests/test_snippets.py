@@ -1,4 +1,4 @@
-"""Every Python snippet of README.md and docs/*.rst runs as written.
+"""Every Python snippet of README.md and every .rst page under docs/ (subfolders too) runs as written.
 
 The snippets of one file run in order in one namespace, as a reader follows the page
 (a later snippet may use names an earlier one defined). README.md contributes its
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.rst"))]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. code-block:: python[ \t]*\n")

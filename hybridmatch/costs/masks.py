@@ -48,7 +48,7 @@ __all__ = [
     "MaskBCECost",
 ]
 
-#: Mask2Former's points per image for matching: 112 * 112.
+#: Mask2Former's points per image for matching, 112 * 112.
 DEFAULT_NUM_POINTS = 12544
 
 

@@ -31,7 +31,7 @@ __all__ = ["Assigner", "Hungarian", "Groups", "TopK", "topk_assignment"]
 class Assigner(abc.ABC):
     """Turns a cost (or quality) matrix into "target of each query".
 
-    Subclasses implement :meth:`__call__` and :attr:`max_per_target`.
+    Subclasses implement ``__call__(cost, num_targets)`` and :attr:`max_per_target`.
     """
 
     @abc.abstractmethod

@@ -79,7 +79,7 @@ class HungarianMatcher(Matcher):
         cost_giou (float): weight of the GIoU cost. Default 2.
         class_cost (str): ``"focal"`` (sigmoid logits, C = classes) or ``"softmax"``
             (DETR: C = classes + 1, no-object last).
-        focal_alpha (float), focal_gamma (float): focal cost settings (0.25, 2).
+        focal_alpha, focal_gamma (float): focal cost settings (0.25, 2).
         cost (Cost, optional): any :class:`~hybridmatch.costs.Cost`; replaces the
             three weighted terms above.
         capacity (int): how many queries one target may take; 1 (default) is
@@ -134,7 +134,7 @@ class HungarianMatcher(Matcher):
 
     @property
     def nan_policy(self) -> NanPolicy:
-        """What a NaN cost does: ``"raise"`` or ``"worst"``."""
+        """What a NaN cost does, ``"raise"`` or ``"worst"``."""
         return self.assigner.nan_policy
 
 
