@@ -132,6 +132,17 @@ class Scheme(abc.ABC):
     Subclasses implement :meth:`supervision`, ``_settings`` and, where they know the
     query count, :meth:`num_queries`. ``epoch`` starts at 0; call :meth:`step` once per
     finished epoch (or :meth:`set_epoch`).
+
+    Example:
+        >>> from hybridmatch import HybridEpoch
+        >>> from hybridmatch.schemes import Scheme
+        >>> scheme = HybridEpoch(k=6, one2many_fraction=0.5, total_epochs=4)
+        >>> isinstance(scheme, Scheme), scheme.epoch
+        (True, 0)
+        >>> scheme.step(); scheme.step()
+        >>> HybridEpoch(k=6, one2many_fraction=0.5, total_epochs=4).load_state_dict(scheme.state_dict())
+        >>> scheme.epoch, scheme.supervision(layer=5, num_layers=6)[0].k   # past the one-to-many half
+        (2, 1)
     """
 
     def __init__(self, *, epoch: int = 0) -> None:

@@ -231,6 +231,11 @@ class HybridLoss:
         scheme (HybridLayer | HybridEpoch): the scheme; call ``scheme.step()`` per epoch.
         convention (str): ``"softmax"`` (DETR's loss) or ``"focal"`` (Deformable DETR's).
         original: the loss function :meth:`uninstall` puts back.
+
+    Example:
+        >>> from hybridmatch.integrations.transformers import HybridLoss, install_hybrid_loss
+        >>> install_hybrid_loss.__annotations__["return"]   # what install_hybrid_loss returns
+        'HybridLoss'
     """
 
     def __init__(

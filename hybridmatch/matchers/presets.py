@@ -51,6 +51,12 @@ def detr_cost(
         CostSum of :class:`~hybridmatch.costs.FocalClassCost` (or
         :class:`~hybridmatch.costs.SoftmaxClassCost`), :class:`~hybridmatch.costs.L1BoxCost`
         and :class:`~hybridmatch.costs.GIoUCost`.
+
+    Example:
+        >>> from hybridmatch.matchers import detr_cost
+        >>> cost = detr_cost(1, 5, 2, class_cost="softmax")             # DETR's
+        >>> [(weight, type(term).__name__) for weight, term in cost.terms]
+        [(1.0, 'SoftmaxClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')]
     """
     if class_cost not in ("focal", "softmax"):
         raise ConfigurationError(f"class_cost must be 'focal' or 'softmax', got {class_cost!r}")
