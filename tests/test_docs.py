@@ -71,3 +71,13 @@ def test_every_public_name_is_documented_with_an_example(path: str, obj: object)
     doc = inspect.getdoc(obj) or ""
     assert doc.strip(), f"{path} has no docstring"
     assert ">>>" in doc, f"{path}'s docstring has no example (a doctest)"
+
+
+def test_the_readme_links_every_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = set(re.findall(r"\]\((docs/[^)]+\.rst)\)", readme))
+    for link in links:
+        assert (ROOT / link).is_file(), f"README.md links {link}, which does not exist"
+    pages = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.rst")} - {"docs/index.rst"}
+    assert pages <= links, f"README.md's Documentation section lacks {sorted(pages - links)}"
+    assert "docs/examples/index.rst" in links and "make docs" in readme
