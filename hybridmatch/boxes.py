@@ -69,6 +69,11 @@ def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     Returns:
         Tensor[..., 4]: the same boxes as (centre x, centre y, width, height), in the
         input's dtype. A box with ``x1 < x0`` gets a negative width (nothing is clamped).
+
+    Example:
+        >>> from hybridmatch.boxes import box_xyxy_to_cxcywh
+        >>> box_xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.4, 0.2]]))
+        tensor([[0.2000, 0.1000, 0.4000, 0.2000]])
     """
     _check_last_dim("boxes", boxes)
     x0, y0, x1, y1 = boxes.unbind(-1)
@@ -83,6 +88,11 @@ def box_area(boxes: Tensor) -> Tensor:
 
     Returns:
         Tensor[...]: areas, >= 0, in float32 (float64 for float64 input).
+
+    Example:
+        >>> from hybridmatch.boxes import box_area
+        >>> box_area(torch.tensor([[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]))
+        tensor([6., 0.])
     """
     _check_last_dim("boxes", boxes)
     boxes = _upcast(boxes)
@@ -152,6 +162,13 @@ def elementwise_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     Returns:
         Tensor[...]: GIoU in [-1, 1], float32 (float64 if an input is float64).
+
+    Example:
+        >>> from hybridmatch.boxes import elementwise_giou
+        >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> b = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 2.0, 1.0]])   # the same box; an adjacent one
+        >>> elementwise_giou(a, b)
+        tensor([1., 0.])
     """
     _check_last_dim("boxes1", boxes1)
     _check_last_dim("boxes2", boxes2)

@@ -21,7 +21,13 @@ __all__ = ["global_num_boxes", "is_distributed"]
 
 
 def is_distributed() -> bool:
-    """True when ``torch.distributed`` is available and initialised in this process."""
+    """True when ``torch.distributed`` is available and initialised in this process.
+
+    Example:
+        >>> from hybridmatch.distributed import is_distributed
+        >>> is_distributed()                         # no process group in this process
+        False
+    """
     return dist.is_available() and dist.is_initialized()
 
 

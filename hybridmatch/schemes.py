@@ -129,9 +129,20 @@ class Supervision:
 class Scheme(abc.ABC):
     """Base class of the hybrid-matching schemes: settings plus the current epoch.
 
-    Subclasses implement :meth:`supervision`, :meth:`_settings` and, where they know the
+    Subclasses implement :meth:`supervision`, ``_settings`` and, where they know the
     query count, :meth:`num_queries`. ``epoch`` starts at 0; call :meth:`step` once per
     finished epoch (or :meth:`set_epoch`).
+
+    Example:
+        >>> from hybridmatch import HybridEpoch
+        >>> from hybridmatch.schemes import Scheme
+        >>> scheme = HybridEpoch(k=6, one2many_fraction=0.5, total_epochs=4)
+        >>> isinstance(scheme, Scheme), scheme.epoch
+        (True, 0)
+        >>> scheme.step(); scheme.step()
+        >>> HybridEpoch(k=6, one2many_fraction=0.5, total_epochs=4).load_state_dict(scheme.state_dict())
+        >>> scheme.epoch, scheme.supervision(layer=5, num_layers=6)[0].k   # past the one-to-many half
+        (2, 1)
     """
 
     def __init__(self, *, epoch: int = 0) -> None:
@@ -368,7 +379,7 @@ class HybridBranch(Scheme):
 
     @property
     def inference_queries(self) -> slice:
-        """The queries kept at inference: the one-to-one group."""
+        """The queries kept at inference (the one-to-one group)."""
         return self.one2one_queries
 
     def num_queries(self) -> int:
@@ -536,7 +547,7 @@ class HybridEpoch(Scheme):
         return self._num_queries
 
     def is_one2many(self, epoch: int | None = None) -> bool:
-        """Whether ``epoch`` (default :attr:`epoch`) is in the one-to-many phase."""
+        """Whether ``epoch`` (default :attr:`~hybridmatch.schemes.Scheme.epoch`) is in the one-to-many phase."""
         return _resolve_epoch(self, epoch) < self._one2many_epochs
 
     def supervision(

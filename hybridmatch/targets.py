@@ -84,6 +84,13 @@ class PaddedTargets:
         extras (dict[str, Tensor[B, M_max, ...]]): the other per-object keys, zeros at padding.
 
     Per-image keys (``image_id``, ``size``, ...) are not kept.
+
+    Example:
+        >>> from hybridmatch import pad_targets
+        >>> padded = pad_targets([{"labels": torch.tensor([3, 1]), "boxes": torch.rand(2, 4)},
+        ...                       {"labels": torch.tensor([2]), "boxes": torch.rand(1, 4)}])
+        >>> padded.labels.shape, padded.valid.tolist(), padded.num_targets_list
+        (torch.Size([2, 2]), [[True, True], [True, False]], [2, 1])
     """
 
     labels: Tensor
@@ -374,6 +381,13 @@ def repeat_padded_targets(padded: PaddedTargets, k: int) -> PaddedTargets:
         :class:`PaddedTargets` with ``M_max' = K * M_max`` slots: ``labels``
         ``Tensor[B, K * M_max]``, ``boxes`` ``Tensor[B, K * M_max, 4]``, ``extras[key]``
         ``Tensor[B, K * M_max, ...]``, ``num_targets = K * padded.num_targets``.
+
+    Example:
+        >>> from hybridmatch import pad_targets
+        >>> from hybridmatch.targets import repeat_padded_targets
+        >>> padded = pad_targets([{"labels": torch.tensor([3, 1]), "boxes": torch.rand(2, 4)}])
+        >>> repeat_padded_targets(padded, 3).labels                # GT-major: [g1 g2 g1 g2 g1 g2]
+        tensor([[3, 1, 3, 1, 3, 1]])
     """
     k = _check_copies(k, caller="repeat_padded_targets")
     device = padded.device

@@ -1,4 +1,4 @@
-"""Every Python snippet of README.md and docs/*.rst runs as written.
+"""Every Python snippet of README.md and every .rst page under docs/ (subfolders too) runs as written.
 
 The snippets of one file run in order in one namespace, as a reader follows the page
 (a later snippet may use names an earlier one defined). README.md contributes its
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst"))]
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.rst") if "_build" not in p.parts)]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. code-block:: python[ \t]*\n")
@@ -78,7 +78,7 @@ def run_doctests(name: str, text: str) -> None:
 @pytest.mark.parametrize(
     "page",
     [pytest.param(page, marks=pytest.mark.slow) if page.name == "README.md" else page for page in PAGES],
-    ids=[page.name for page in PAGES],
+    ids=[str(page.relative_to(ROOT)) for page in PAGES],
 )
 def test_page_snippets_run(page: Path) -> None:
     text = page.read_text()

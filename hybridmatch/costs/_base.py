@@ -33,6 +33,17 @@ class TargetBatch(Protocol):
     Attributes:
         labels (Tensor[B, M] int64): classes; padded columns hold any value.
         boxes (Tensor[B, M, 4]): boxes, ``cxcywh`` normalised.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> from hybridmatch import L1BoxCost
+        >>> @dataclass
+        ... class MyTargets:             # any object with the keys as attributes
+        ...     labels: torch.Tensor
+        ...     boxes: torch.Tensor
+        >>> targets = MyTargets(torch.tensor([[0]]), torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]))
+        >>> L1BoxCost()({"pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])}, targets)
+        tensor([[[0.]]])
     """
 
     @property
@@ -67,6 +78,16 @@ class Cost(abc.ABC):
                 pred = outputs["pred_boxes"][..., :2].float()           # (B, N, 2)
                 target = targets["boxes"][..., :2].float()              # (B, M, 2)
                 return torch.cdist(pred, target)                        # (B, N, M)
+
+    Example:
+        >>> from hybridmatch import Cost
+        >>> class WidthCost(Cost):
+        ...     output_keys, target_keys = ("pred_boxes",), ("boxes",)
+        ...     def compute(self, outputs, targets, shared):
+        ...         return (outputs["pred_boxes"][..., 2, None] - targets["boxes"][..., None, :, 2]).abs()
+        >>> WidthCost()({"pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])},
+        ...             {"boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.2], [0.1, 0.1, 0.2, 0.2]]])})
+        tensor([[[0.3000, 0.0000]]])
     """
 
     #: The ``outputs`` entries this cost reads.
@@ -138,6 +159,15 @@ class CostSum(Cost):
     Raises:
         ConfigurationError: a weight is not a finite real number, or ``terms`` is empty.
         TypeError: a term is not a :class:`Cost`.
+
+    Example:
+        >>> from hybridmatch import CostSum, GIoUCost, L1BoxCost
+        >>> cost = 5 * L1BoxCost() + 2 * GIoUCost()
+        >>> isinstance(cost, CostSum), [weight for weight, _ in cost.terms]
+        (True, [5.0, 2.0])
+        >>> outputs = {"pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])}
+        >>> cost(outputs, {"boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])})   # 5 * 0 + 2 * (-1)
+        tensor([[[-2.]]])
     """
 
     def __init__(self, terms: Sequence[tuple[float, Cost]]) -> None:

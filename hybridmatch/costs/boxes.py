@@ -26,6 +26,12 @@ def l1_box_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, N, M] float32: ``sum_i |pred_boxes[b, n, i] - target_boxes[b, m, i]|``.
+
+    Example:
+        >>> import torch
+        >>> from hybridmatch.costs import l1_box_cost
+        >>> l1_box_cost(torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]), torch.tensor([[[0.6, 0.5, 0.2, 0.4]]]))
+        tensor([[[0.3000]]])
     """
     _check_box_inputs("l1_box_cost", pred_boxes, target_boxes)
     # Broadcasting rather than torch.cdist: cdist has no float16 path on every device,
@@ -46,6 +52,14 @@ def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, N, M] float32, in [-1, 1].
+
+    Example:
+        >>> import torch
+        >>> from hybridmatch.costs import giou_cost
+        >>> boxes = torch.tensor([[[0.25, 0.5, 0.5, 1.0], [0.75, 0.5, 0.5, 1.0]]])
+        >>> giou_cost(boxes, boxes)
+        tensor([[[-1., -0.],
+                 [-0., -1.]]])
     """
     _check_box_inputs("giou_cost", pred_boxes, target_boxes)
     pred_xyxy = box_cxcywh_to_xyxy(pred_boxes.float())
@@ -69,6 +83,13 @@ class L1BoxCost(_BoxCost):
 
     Args:
         key (str): the outputs entry holding the boxes, Tensor[B, N, 4] ``cxcywh``.
+
+    Example:
+        >>> import torch
+        >>> from hybridmatch import L1BoxCost
+        >>> pred = torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])
+        >>> L1BoxCost()({"pred_boxes": pred}, {"boxes": torch.tensor([[[0.6, 0.5, 0.2, 0.4]]])})
+        tensor([[[0.3000]]])
     """
 
     def __init__(self, *, key: str = "pred_boxes") -> None:
@@ -83,6 +104,14 @@ class GIoUCost(_BoxCost):
 
     Args:
         key (str): the outputs entry holding the boxes, Tensor[B, N, 4] ``cxcywh``.
+
+    Example:
+        >>> import torch
+        >>> from hybridmatch import GIoUCost
+        >>> boxes = torch.tensor([[[0.25, 0.5, 0.5, 1.0], [0.75, 0.5, 0.5, 1.0]]])   # two adjacent halves
+        >>> GIoUCost()({"pred_boxes": boxes}, {"boxes": boxes})                    # -GIoU: -1 same, 0 adjacent
+        tensor([[[-1., -0.],
+                 [-0., -1.]]])
     """
 
     def __init__(self, *, key: str = "pred_boxes") -> None:

@@ -30,6 +30,12 @@ def softmax_class_cost(logits: Tensor, labels: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, N, M] float32: ``-softmax(logits[b, n])[labels[b, m]]``, in [-1, 0].
+
+    Example:
+        >>> from hybridmatch.costs import softmax_class_cost
+        >>> logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1]]]))
+        >>> softmax_class_cost(logits, torch.tensor([[0, 1]]))        # -probability of each label
+        tensor([[[-0.7000, -0.2000]]])
     """
     logits, labels = _check_class_inputs("softmax_class_cost", logits, labels)
     probs = logits.float().softmax(dim=-1)
@@ -59,6 +65,12 @@ def focal_class_cost(
 
     Returns:
         Tensor[B, N, M] float32.
+
+    Example:
+        >>> from hybridmatch.costs import focal_class_cost
+        >>> cost = focal_class_cost(torch.tensor([[[4.0, -4.0]]]), torch.tensor([[0, 1]]))
+        >>> cost.shape, bool(cost[0, 0, 0] < cost[0, 0, 1])          # class 0 is the cheaper target
+        (torch.Size([1, 1, 2]), True)
     """
     _check_focal_settings(alpha, gamma)
     logits, labels = _check_class_inputs("focal_class_cost", logits, labels)
@@ -130,6 +142,12 @@ class SoftmaxClassCost(_ClassCost):
 
     Args:
         key (str): the outputs entry holding the logits, Tensor[B, N, C].
+
+    Example:
+        >>> from hybridmatch import SoftmaxClassCost
+        >>> logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1]]]))   # 2 classes + "no object", last
+        >>> SoftmaxClassCost()({"pred_logits": logits}, {"labels": torch.tensor([[0, 1]])})
+        tensor([[[-0.7000, -0.2000]]])
     """
 
     _extra_columns = 1
@@ -156,6 +174,13 @@ class FocalClassCost(_ClassCost):
         alpha (float): weight of the positive term, in [0, 1].
         gamma (float): focusing exponent, >= 0.
         key (str): the outputs entry holding the logits, Tensor[B, N, C].
+
+    Example:
+        >>> from hybridmatch import FocalClassCost
+        >>> logits = torch.tensor([[[4.0, -4.0], [-4.0, 4.0]]])        # query 0 says class 0, query 1 class 1
+        >>> FocalClassCost()({"pred_logits": logits}, {"labels": torch.tensor([[1]])}) < 0
+        tensor([[[False],
+                 [ True]]])
     """
 
     def __init__(

@@ -127,6 +127,13 @@ class OKSCost(Cost):
         area_key (str or None): the target entry with the areas (default ``area``); ``None``
             uses the area of the target box, ``w * h`` of ``boxes`` (cxcywh), which is in the
             keypoints' units only when both are normalised (or both in pixels).
+
+    Example:
+        >>> from hybridmatch import OKSCost
+        >>> target = torch.rand(1, 1, 17, 2)
+        >>> keypoints = torch.cat([target, torch.full((1, 1, 17, 1), 2.0)], dim=-1)   # all visible
+        >>> OKSCost()({"pred_keypoints": target}, {"keypoints": keypoints, "area": torch.tensor([[0.1]])})  # 1 - OKS
+        tensor([[[0.]]])
     """
 
     def __init__(
@@ -175,6 +182,13 @@ class KeypointL1Cost(Cost):
     Args:
         key (str): the outputs entry with the predicted keypoints (default ``pred_keypoints``).
         target_key (str): the target entry with ``(x, y, v)`` keypoints (default ``keypoints``).
+
+    Example:
+        >>> from hybridmatch import KeypointL1Cost
+        >>> pred = torch.tensor([[[[0.5, 0.5], [0.6, 0.6]]]])                    # (B, N, J, 2)
+        >>> target = torch.tensor([[[[0.5, 0.5, 2.0], [0.7, 0.6, 2.0]]]])        # (B, M, J, 3): x, y, visibility
+        >>> KeypointL1Cost()({"pred_keypoints": pred}, {"keypoints": target})
+        tensor([[[0.0500]]])
     """
 
     def __init__(self, *, key: str = "pred_keypoints", target_key: str = "keypoints") -> None:

@@ -48,7 +48,7 @@ __all__ = [
     "MaskBCECost",
 ]
 
-#: Mask2Former's points per image for matching: 112 * 112.
+#: Mask2Former's points per image for matching, 112 * 112.
 DEFAULT_NUM_POINTS = 12544
 
 
@@ -67,6 +67,12 @@ def sample_points(
         device: where the points live.
         generator (torch.Generator, optional): the random stream; the points are drawn on the
             generator's device and moved to ``device``.
+
+    Example:
+        >>> from hybridmatch.costs import sample_points
+        >>> points = sample_points(2, 100, generator=torch.Generator().manual_seed(0))
+        >>> points.shape, bool(((points >= 0) & (points <= 1)).all())
+        (torch.Size([2, 100, 2]), True)
     """
     where = generator.device if generator is not None else torch.device(device)
     points = torch.rand(batch, num_points, 2, generator=generator, device=where)
@@ -87,6 +93,12 @@ def point_sample(masks: Tensor, points: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, K, P] float32.
+
+    Example:
+        >>> from hybridmatch.costs import point_sample
+        >>> masks = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])          # (B, Q, H, W)
+        >>> point_sample(masks, torch.tensor([[[0.25, 0.25], [0.75, 0.75]]]))   # (B, P, 2) x, y in [0, 1]
+        tensor([[[0., 3.]]])
     """
     batch, channels, height, width = masks.shape
     num_points = points.shape[1]
@@ -128,6 +140,13 @@ def mask_points(
 
     Returns:
         ``(Tensor[B, N, P] float32 logits, Tensor[B, M, P] float32 target values)``.
+
+    Example:
+        >>> from hybridmatch.costs import mask_points
+        >>> pred, target = mask_points(torch.rand(2, 5, 16, 16), torch.rand(2, 3, 32, 32), num_points=100,
+        ...                            generator=torch.Generator().manual_seed(0))
+        >>> pred.shape, target.shape                 # the same 100 points for both, per image
+        (torch.Size([2, 5, 100]), torch.Size([2, 3, 100]))
     """
     _check_masks("mask_points", pred_masks, target_masks)
     batch = pred_masks.shape[0]
@@ -152,6 +171,13 @@ def dice_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, N, M] float32 in [0, 1]: ``1 - (2 * p.t + 1) / (sum p + sum t + 1)``.
+
+    Example:
+        >>> from hybridmatch.costs import dice_cost_on_points
+        >>> pred = torch.tensor([[[10.0, -10.0]]])
+        >>> target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> dice_cost_on_points(pred, target).round(decimals=2)   # 1 - (2 * 0 + 1) / (1 + 1 + 1)
+        tensor([[[0.0000, 0.6700]]])
     """
     probs = pred_logits.float().sigmoid()
     targets = targets.float()
@@ -165,6 +191,13 @@ def bce_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
 
     Returns:
         Tensor[B, N, M] float32, >= 0.
+
+    Example:
+        >>> from hybridmatch.costs import bce_cost_on_points
+        >>> pred = torch.tensor([[[10.0, -10.0]]])             # (B, N, P) logits at P points
+        >>> target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (B, M, P) target values
+        >>> bce_cost_on_points(pred, target).round(decimals=3)   # mean BCE over the points
+        tensor([[[ 0., 10.]]])
     """
     logits = pred_logits.float()
     targets = targets.float()
@@ -212,6 +245,13 @@ def mask_bce_cost(
 
     Returns:
         Tensor[B, N, M] float32, >= 0.
+
+    Example:
+        >>> from hybridmatch.costs import mask_bce_cost
+        >>> masks = torch.zeros(1, 2, 8, 8); masks[0, 0, :, :4] = 1; masks[0, 1, :, 4:] = 1
+        >>> cost = mask_bce_cost((masks * 2 - 1) * 10, masks, num_points=None)
+        >>> cost.shape, bool(cost[0, 1, 1] < cost[0, 1, 0])
+        (torch.Size([1, 2, 2]), True)
     """
     return bce_cost_on_points(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
 
@@ -262,6 +302,14 @@ class MaskDiceCost(_MaskCost):
             without it the points come from torch's global generator on the masks' device.
         key (str): the outputs entry with the mask logits ``(B, N, H, W)`` (default ``pred_masks``).
         target_key (str): the target entry with the masks ``(M, H', W')`` (default ``masks``).
+
+    Example:
+        >>> from hybridmatch import MaskDiceCost
+        >>> masks = torch.zeros(1, 2, 8, 8); masks[0, 0, :, :4] = 1; masks[0, 1, :, 4:] = 1
+        >>> logits = (masks * 2 - 1) * 10
+        >>> MaskDiceCost(num_points=None)({"pred_masks": logits}, {"masks": masks}).round(decimals=2)
+        tensor([[[0.0000, 0.9800],
+                 [0.9800, 0.0000]]])
     """
 
     def __init__(
@@ -282,6 +330,14 @@ class MaskBCECost(_MaskCost):
     """Sigmoid cross-entropy cost on ``outputs[key]`` and the targets' masks; see :func:`mask_bce_cost`.
 
     Args: as :class:`MaskDiceCost`.
+
+    Example:
+        >>> from hybridmatch import MaskBCECost
+        >>> masks = torch.zeros(1, 2, 8, 8); masks[0, 0, :, :4] = 1; masks[0, 1, :, 4:] = 1
+        >>> logits = (masks * 2 - 1) * 10                                       # confident, correct
+        >>> cost = MaskBCECost(num_points=None)({"pred_masks": logits}, {"masks": masks})  # every pixel
+        >>> cost.shape, bool(cost[0, 0, 0] < cost[0, 0, 1])
+        (torch.Size([1, 2, 2]), True)
     """
 
     def __init__(

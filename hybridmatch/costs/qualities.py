@@ -31,6 +31,13 @@ class IoUQuality(Cost):
 
     Args:
         key (str): the outputs entry with the boxes (default ``pred_boxes``).
+
+    Example:
+        >>> from hybridmatch import IoUQuality
+        >>> pred = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.55, 0.5, 0.2, 0.2]]])   # same box; shifted by half
+        >>> IoUQuality()({"pred_boxes": pred}, {"boxes": pred[:, :1]})             # higher is better
+        tensor([[[1.0000],
+                 [0.6000]]])
     """
 
     target_keys = ("boxes",)
@@ -60,6 +67,13 @@ class ClassIoUQuality(IoUQuality):
         alpha (float): weight of the class probability, in [0, 1].
         key (str): the outputs entry with the boxes (default ``pred_boxes``).
         logits_key (str): the outputs entry with the logits (default ``pred_logits``).
+
+    Example:
+        >>> from hybridmatch import ClassIoUQuality
+        >>> outputs = {"pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]), "pred_logits": torch.zeros(1, 1, 2)}
+        >>> targets = {"labels": torch.tensor([[1]]), "boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]])}
+        >>> ClassIoUQuality(alpha=0.5)(outputs, targets)   # sigmoid(0) ** 0.5 * IoU(1) ** 0.5
+        tensor([[[0.7071]]])
     """
 
     target_keys = ("boxes", "labels")

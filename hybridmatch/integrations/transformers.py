@@ -231,6 +231,23 @@ class HybridLoss:
         scheme (HybridLayer | HybridEpoch): the scheme; call ``scheme.step()`` per epoch.
         convention (str): ``"softmax"`` (DETR's loss) or ``"focal"`` (Deformable DETR's).
         original: the loss function :meth:`uninstall` puts back.
+
+    Example:
+        >>> import pytest; _ = pytest.importorskip("transformers")  # skipped without transformers
+        >>> from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+        >>> from hybridmatch import HybridEpoch
+        >>> backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1],
+        ...                         layer_type="basic", out_features=["stage4"])
+        >>> model = DetrForObjectDetection(DetrConfig(
+        ...     backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+        ...     d_model=16, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        ...     encoder_attention_heads=2, decoder_attention_heads=2, num_queries=8, num_labels=2))
+        >>> own = model.loss_function
+        >>> with install_hybrid_loss(model, HybridEpoch(k=2, one2many_fraction=0.5, total_epochs=2)) as hybrid:
+        ...     isinstance(model.loss_function, HybridLoss), hybrid.convention
+        (True, 'softmax')
+        >>> model.loss_function == own          # put back on leaving the block
+        True
     """
 
     def __init__(

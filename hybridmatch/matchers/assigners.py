@@ -31,7 +31,19 @@ __all__ = ["Assigner", "Hungarian", "Groups", "TopK", "topk_assignment"]
 class Assigner(abc.ABC):
     """Turns a cost (or quality) matrix into "target of each query".
 
-    Subclasses implement :meth:`__call__` and :attr:`max_per_target`.
+    Subclasses implement ``__call__(cost, num_targets)`` and :attr:`max_per_target`.
+
+    Example:
+        >>> from hybridmatch.matchers import Assigner
+        >>> class Nearest(Assigner):            # each query takes its cheapest target (many-to-one)
+        ...     def __call__(self, cost, num_targets):
+        ...         return cost.argmin(-1)
+        ...     @property
+        ...     def max_per_target(self):
+        ...         return cost.shape[1]
+        >>> cost = torch.tensor([[[0.1, 0.9], [0.2, 0.3], [0.8, 0.1]]])
+        >>> Nearest()(cost, [2])
+        tensor([[0, 0, 1]])
     """
 
     @abc.abstractmethod

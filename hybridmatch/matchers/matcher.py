@@ -22,7 +22,7 @@ from .assigners import Assigner
 
 __all__ = ["Matcher", "Matches", "assignment_to_repeated"]
 
-#: DETR's index format: per image, ``(pred_idx, tgt_idx)`` int64, sorted by ``pred_idx``.
+#: DETR's index format, per image ``(pred_idx, tgt_idx)`` int64, sorted by ``pred_idx``.
 Matches = list[tuple[Tensor, Tensor]]
 Targets = Sequence[Mapping[str, Any]]
 

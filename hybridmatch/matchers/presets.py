@@ -51,6 +51,12 @@ def detr_cost(
         CostSum of :class:`~hybridmatch.costs.FocalClassCost` (or
         :class:`~hybridmatch.costs.SoftmaxClassCost`), :class:`~hybridmatch.costs.L1BoxCost`
         and :class:`~hybridmatch.costs.GIoUCost`.
+
+    Example:
+        >>> from hybridmatch.matchers import detr_cost
+        >>> cost = detr_cost(1, 5, 2, class_cost="softmax")             # DETR's
+        >>> [(weight, type(term).__name__) for weight, term in cost.terms]
+        [(1.0, 'SoftmaxClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')]
     """
     if class_cost not in ("focal", "softmax"):
         raise ConfigurationError(f"class_cost must be 'focal' or 'softmax', got {class_cost!r}")
@@ -79,7 +85,7 @@ class HungarianMatcher(Matcher):
         cost_giou (float): weight of the GIoU cost. Default 2.
         class_cost (str): ``"focal"`` (sigmoid logits, C = classes) or ``"softmax"``
             (DETR: C = classes + 1, no-object last).
-        focal_alpha (float), focal_gamma (float): focal cost settings (0.25, 2).
+        focal_alpha, focal_gamma (float): focal cost settings (0.25, 2).
         cost (Cost, optional): any :class:`~hybridmatch.costs.Cost`; replaces the
             three weighted terms above.
         capacity (int): how many queries one target may take; 1 (default) is
@@ -134,7 +140,7 @@ class HungarianMatcher(Matcher):
 
     @property
     def nan_policy(self) -> NanPolicy:
-        """What a NaN cost does: ``"raise"`` or ``"worst"``."""
+        """What a NaN cost does, ``"raise"`` or ``"worst"``."""
         return self.assigner.nan_policy
 
 

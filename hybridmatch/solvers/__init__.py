@@ -74,6 +74,12 @@ def available_backends() -> list[str]:
 
     ``cuda`` is listed when torch sees a GPU and the CUDA toolkit is installed,
     ``native`` when a C++ compiler is; both compile on first use (once, cached).
+
+    Example:
+        >>> from hybridmatch import available_backends
+        >>> backends = available_backends()
+        >>> "scipy" in backends, backends[-1] in ("scipy", "lap")
+        (True, True)
     """
     names = [name for name, missing in (("cuda", _native.cuda_missing), ("native", _native.cpu_missing)) if missing() is None]
     return names + [name for name, (_, present) in BACKENDS.items() if present()]

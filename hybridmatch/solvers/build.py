@@ -23,6 +23,23 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Compile the native solvers now, as ``python -m hybridmatch.solvers.build`` does.
+
+    Args:
+        argv (list[str], optional): the command line; ``--cpu`` or ``--cuda`` builds only
+            that solver. Default: ``sys.argv[1:]``.
+
+    Returns:
+        int: the exit status, 0 when every requested build succeeded; each build's folder
+        is printed.
+
+    Example:
+        >>> from hybridmatch.solvers.build import main
+        >>> main(["--help"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        SystemExit: 0
+    """
     parser = argparse.ArgumentParser(description="Build hybridmatch's native solvers ahead of time.")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--cpu", action="store_true", help="build only the CPU solver")
