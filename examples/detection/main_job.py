@@ -242,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     early = options.early_epoch if options.early_epoch is not None else max(1, math.ceil(options.epochs / 2))
     if not 1 <= early <= options.epochs:
         parser.error(f"--early-epoch must be in 1..{options.epochs}, got {early}")
+    if len(set(options.seeds)) != len(options.seeds):
+        parser.error(f"--seeds must be distinct, got {options.seeds}")
     jobs = [(scheme, seed) for seed in options.seeds for scheme in ("branch", "one2one")]  # longest first
     if options.workers is None:
         options.workers = max(1, min(len(jobs), _available_cores()))
