@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, default=20)
     p.add_argument("--num-queries-one2one", type=int, default=30)
     p.add_argument("--num-queries-one2many", type=int, default=90)
+    p.add_argument("--k", type=int, default=None,
+                   help="GT copies for every hybrid scheme (default: the paper's, branch 6, epoch/layer 10)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -73,6 +75,7 @@ def _run_args(options: argparse.Namespace, scheme: str, seed: int) -> list[str]:
         "--synthetic-max-objects", str(options.max_objects), "--device", "cpu",
         "--seed", str(seed), "--output-dir", str(out), "--eval-every", "1", "--quiet",
         *(["--eval-one2many"] if scheme == "branch" else []),
+        *(["--k", str(options.k)] if options.k is not None else []),
     ]
 
 

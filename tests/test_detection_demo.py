@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import doctest
+import json
 import math
 from pathlib import Path
 
@@ -193,3 +194,22 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_the_demo_end_to_end_on_a_tiny_setting(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    summary = main_job.main(["--seeds", "0", "1", "--epochs", "2", "--early-epoch", "1", "--train-images", "4",
+                             "--val-images", "2", "--image-size", "64", "--max-objects", "3", "--workers", "2",
+                             "--num-queries-one2one", "4", "--num-queries-one2many", "8", "--k", "2",
+                             "--output-dir", str(tmp_path), "--quiet"])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "demo_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert set(saved["curves"]) == {"one2one", "branch o2o", "branch o2m+NMS"}
+    assert all(len(curve) == 2 for line in saved["curves"].values() for curve in line.values())
+    # The printed table is the saved run's, recomputed independently of the summary object.
+    expected = format_report(summarize({name: {int(seed): values for seed, values in line.items()}
+                                        for name, line in saved["curves"].items()}, early_epoch=1), val_images=2)
+    assert expected in printed and summary["seeds"] == [0, 1]
+    assert "cannot show" in printed

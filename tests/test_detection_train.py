@@ -318,6 +318,7 @@ def test_evaluate_coco_scores_the_ground_truth_1_and_nothing_0(synthetic_root: P
     assert empty["AP"] == 0.0 and all(value <= 0.0 for value in empty.values())
 
 
+@pytest.mark.slow
 def test_convergence_benchmark_quick_mode(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import importlib.util

@@ -59,7 +59,7 @@ def train_step(model: nn.Module, loss_fn: LossFn, batch: Any, optimizer: torch.o
     total, losses = loss_fn(model, batch)
     value = float(total.detach())
     if not math.isfinite(value):
-        raise FloatingPointError(f"loss is {value}; losses: { {k: float(v) for k, v in losses.items()} }")
+        raise FloatingPointError(f"loss is {value}; losses: { {k: float(v.detach()) for k, v in losses.items()} }")
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
     if scaler is not None:

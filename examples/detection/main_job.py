@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--early-epoch", type=int, default=None,
                    help="the early budget reported next to the end (default: half of --epochs)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs in parallel, one thread each (default: 2, or 1 on a 1-core machine)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs in parallel, one thread each (default: one per available core, at most "
+                        "one per run)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"))
     g = p.add_argument_group("synthetic data (examples.detection.synthetic)")
     g.add_argument("--train-images", type=int, default=160)
@@ -110,6 +111,13 @@ def _worker(argv: list[str]) -> list[dict[str, Any]]:
         return run(get_args_parser().parse_args(argv))
     finally:
         cleanup_distributed()
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -234,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     early = options.early_epoch if options.early_epoch is not None else max(1, math.ceil(options.epochs / 2))
     if not 1 <= early <= options.epochs:
         parser.error(f"--early-epoch must be in 1..{options.epochs}, got {early}")
+    if len(set(options.seeds)) != len(options.seeds):
+        parser.error(f"--seeds must be distinct, got {options.seeds}")
+    jobs = [(scheme, seed) for seed in options.seeds for scheme in ("branch", "one2one")]  # longest first
+    if options.workers is None:
+        options.workers = max(1, min(len(jobs), _available_cores()))
     if options.workers < 1:
         parser.error(f"--workers must be >= 1, got {options.workers}")
     started = time.perf_counter()
@@ -245,7 +258,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"images ({per_image:.1f} objects per image, at most {options.max_objects}); {options.workers} "
           f"parallel runs of 1 thread", file=sys.stderr, flush=True)
 
-    jobs = [(scheme, seed) for seed in options.seeds for scheme in ("branch", "one2one")]  # longest first
     histories: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with ProcessPoolExecutor(max_workers=options.workers, mp_context=get_context("spawn")) as pool:
         futures = {job: pool.submit(_worker, _train_args(*job, options)) for job in jobs}
