@@ -139,3 +139,29 @@ def test_one2one_and_branch_start_from_the_same_weights() -> None:
             other = other[:q1]
         torch.testing.assert_close(other, value, rtol=0, atol=0, msg=name)
     assert dataclasses.replace(_config("one2one")).num_queries_one2many == 0
+
+
+def test_keypoint_losses_match_float64_math_on_a_hand_made_case() -> None:
+    from examples.pose.criterion import PoseCriterion, pose_matcher
+
+    # Figure 0 at the left, figure 1 at the right; query 2 sits near figure 0 (0.02 off in x on every
+    # joint), query 0 exactly on figure 1, query 1 far away: the matching is {2: 0, 0: 1}.
+    base = torch.rand(J, 2, generator=torch.Generator().manual_seed(2)) * 0.2
+    figure0 = torch.cat([base + 0.1, torch.full((J, 1), 2.0)], dim=-1)
+    figure1 = torch.cat([base + 0.6, torch.full((J, 1), 2.0)], dim=-1)
+    figure0[4, 2] = 0.0  # one unlabelled joint: no loss there
+    figure0[4, :2] = 0.0
+    pred = torch.stack([figure1[:, :2], torch.full((J, 2), 0.95), figure0[:, :2] + torch.tensor([0.02, 0.0])])
+    pred[2, 4] = torch.tensor([0.9, 0.9])  # far off, but unlabelled
+    targets = [{"labels": torch.zeros(2, dtype=torch.int64), "boxes": torch.tensor([[0.2, 0.2, 0.2, 0.2]] * 2),
+                "keypoints": torch.stack([figure0, figure1]), "area": torch.tensor([0.04, 0.04])}]
+    outputs = {"pred_logits": torch.zeros(1, 3, 1), "pred_boxes": torch.full((1, 3, 4), 0.2),
+               "pred_keypoints": pred[None]}
+    criterion = PoseCriterion(1, pose_matcher(FIGURE.sigmas), FIGURE.sigmas)
+    losses = criterion.single(outputs, targets, num_boxes=2.0)
+
+    sigmas = np.array(FIGURE.sigmas)
+    labelled = figure0[:, 2].numpy() > 0
+    oks0 = np.exp(-(0.02**2) / (2 * sigmas) ** 2 / (0.04 + np.spacing(1)) / 2)[labelled].mean()
+    assert float(losses["loss_keypoints"]) == pytest.approx((0.02 + 0.0) / 2, abs=1e-6)
+    assert float(losses["loss_oks"]) == pytest.approx(((1 - oks0) + 0.0) / 2, abs=1e-6)
