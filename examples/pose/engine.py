@@ -32,7 +32,14 @@ from examples.common import (
     training_parser,
 )
 from examples.detection.config import ModelConfig
-from examples.detection.engine import _base, build_optimizer, config_for_scheme, default_lr_drop, detection_loss, make_loader
+from examples.detection.engine import (
+    _base,
+    build_optimizer,
+    config_for_scheme,
+    default_lr_drop,
+    detection_loss,
+    make_loader,
+)
 
 from .criterion import SCHEMES, build_criterion
 
