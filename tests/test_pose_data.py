@@ -141,3 +141,33 @@ def test_keypoints_flow_through_repeat_targets_and_the_matcher() -> None:
         ref_rows, ref_cols = linear_sum_assignment(cost)
         assert len(rows) == m
         assert cost[rows.numpy(), cols.numpy()].sum() == pytest.approx(cost[ref_rows, ref_cols].sum(), abs=1e-5)
+
+
+def test_a_coco_person_keypoints_file_reads_with_cocos_17_joints(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "val2017").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "val2017" / "000000000001.jpg")
+    joints = [0.0] * 51
+    joints[15:18] = [10.0, 12.0, 2.0]  # left_shoulder
+    joints[48:51] = [20.0, 25.0, 1.0]  # right_ankle
+    data = {
+        "images": [{"id": 1, "file_name": "000000000001.jpg", "height": 30, "width": 40}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [5, 5, 20, 22], "area": 300.0,
+             "num_keypoints": 2, "keypoints": joints},
+            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 5, 5], "area": 20.0,
+             "num_keypoints": 0, "keypoints": [0.0] * 51},  # no labelled joint: not a training target
+        ],
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON.names),
+                        "skeleton": [[a + 1, b + 1] for a, b in COCO_PERSON.skeleton]}],
+    }
+    path = tmp_path / "person_keypoints_val2017.json"
+    path.write_text(json.dumps(data))
+    dataset = CocoKeypoints(tmp_path / "val2017", path)
+    assert dataset.layout is COCO_PERSON and dataset.num_joints == 17
+    _, target = dataset[0]
+    assert target["keypoints"].shape == (1, 17, 3)
+    assert target["keypoints"][0, 5].tolist() == pytest.approx([10 / 40, 12 / 30, 2.0])
+    assert target["keypoints"][0, 16].tolist() == pytest.approx([20 / 40, 25 / 30, 1.0])
+    assert target["area"].tolist() == pytest.approx([300.0 / 1200])
