@@ -3,13 +3,15 @@
 #               COCO-format set, one-to-one and with the hybrid branch, 3 seeds in parallel;
 #               prints an AP table (mean, min-max) and writes outputs/demo/demo_ap.png
 #   make test   the test suite
+#   make segmentation-demo   the same comparison for the instance-segmentation example
+#               (examples/segmentation): segm AP table, outputs/segmentation-demo/
 # TORCH picks the torch build; the default is the CPU wheel this project is tested with.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo match-demo test bench docs clean gpu-check gpu-wheels
+.PHONY: demo segmentation-demo match-demo test bench docs clean gpu-check gpu-wheels
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,9 @@ $(BIN)/.docs-installed: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m examples.detection.main_job
+
+segmentation-demo: $(BIN)/.installed
+	$(BIN)/python -m examples.segmentation.main_job
 
 match-demo: $(BIN)/.installed
 	$(BIN)/python examples/demo.py

@@ -278,3 +278,21 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_postprocess_crops_the_padding_and_ranks_by_class_and_mask_scores() -> None:
+    from examples.segmentation.evaluate import postprocess
+
+    masks = torch.full((1, 3, 16, 16), -10.0)
+    masks[0, 0, 2:6, 3:8] = 10.0  # inside the image's 16 x 12 cells
+    masks[0, 1, :, 12:] = 10.0  # only in the padding: empty after cropping
+    logits = torch.full((1, 3, 2), -10.0)
+    logits[0, 0, 1], logits[0, 1, 0] = 3.0, 4.0
+    found = postprocess({"pred_logits": logits, "pred_masks": masks}, torch.tensor([[64, 48]]),
+                        torch.tensor([[16, 12]]), top_k=2)[0]
+    assert found["masks"].shape == (2, 16, 12)
+    # Query 1 has the highest class score but its mask lies in the padding: cropped away, its
+    # mask score is 0, so both candidates are query 0's (class 1, then class 0).
+    assert found["labels"].tolist() == [1, 0]
+    assert torch.equal(found["masks"][0], masks[0, 0, :, :12] > 0) and torch.equal(found["masks"][1], found["masks"][0])
+    assert found["scores"][0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-3)
