@@ -296,3 +296,26 @@ def test_postprocess_crops_the_padding_and_ranks_by_class_and_mask_scores() -> N
     assert found["labels"].tolist() == [1, 0]
     assert torch.equal(found["masks"][0], masks[0, 0, :, :12] > 0) and torch.equal(found["masks"][1], found["masks"][0])
     assert found["scores"][0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-3)
+
+
+def test_mask_stride_two_gives_finer_masks_and_bad_strides_are_refused() -> None:
+    cfg = ModelConfig.tiny(2)
+    cfg.num_queries_one2many = 0
+    model = build_model(cfg, mask_stride=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 48))["pred_masks"].shape == (1, 20, 32, 24)
+    with pytest.raises(ValueError, match="mask_stride must be 2 or 4"):
+        build_model(cfg, mask_stride=8)
+
+
+@pytest.mark.slow
+def test_main_job_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.segmentation.main_job import main
+
+    summary = main(["--seeds", "0", "--epochs", "2", "--train-images", "8", "--val-images", "4", "--workers", "1",
+                    "--max-objects", "6", "--output-dir", str(tmp_path), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "COCO segm AP (%) on 4 validation images" in printed and "branch o2o - one2one" in printed
+    assert set(summary["lines"]) == {"one2one", "branch o2o"} and summary["epochs"] == 2
+    assert all(0.0 <= v <= 1.0 for line in summary["curves"].values() for c in line.values() for v in c)
+    assert (tmp_path / "segmentation_ap.png").is_file() and (tmp_path / "segmentation.json").is_file()

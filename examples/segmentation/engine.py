@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-one2many-layers", type=int, default=None)
     p.add_argument("--copy-masks", action="store_true",
                    help="repeat the masks K times and match the copies (default: masks shared, capacity-K matching)")
+    p.add_argument("--mask-stride", type=int, choices=(2, 4), default=4,
+                   help="stride of the mask logits (4: Mask2Former; 2: finer masks for small images)")
     p.add_argument("--num-points", type=int, default=256, help="matching / loss points per image / pair")
     p.add_argument("--num-queries-one2one", type=int, default=None)
     p.add_argument("--num-queries-one2many", type=int, default=None)
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     train_set, val_set = build_datasets(args, info)
     cfg = model_config(args, len(train_set.label_to_category))
     seed_everything(args.seed)  # the same initial weights on every rank, and for every scheme
-    model = build_model(cfg).to(info.device)
+    model = build_model(cfg, mask_stride=args.mask_stride).to(info.device)
     criterion, scheme, weight_dict = build_criterion(
         args.scheme, cfg, k=args.k, lambda_one2many=args.lambda_one2many, epochs=args.epochs,
         one2many_fraction=args.one2many_fraction, num_one2many_layers=args.num_one2many_layers,

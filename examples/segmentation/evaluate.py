@@ -34,7 +34,7 @@ def encode_mask(mask: Tensor | np.ndarray) -> dict[str, Any]:
 
 @torch.no_grad()
 def postprocess(outputs: Mapping[str, Tensor], sizes: Tensor, orig_sizes: Tensor, top_k: int = 50,
-                threshold: float = 0.5) -> list[dict[str, Tensor]]:
+                threshold: float = 0.5, stride: int = 4) -> list[dict[str, Tensor]]:
     """Scored instance masks per image from the one-to-one outputs.
 
     Every (query, class) pair is a candidate with score ``sigmoid(logit)`` times the
@@ -48,6 +48,7 @@ def postprocess(outputs: Mapping[str, Tensor], sizes: Tensor, orig_sizes: Tensor
         orig_sizes (Tensor[B, 2]): each image's original ``(H, W)``.
         top_k (int): candidates per image.
         threshold (float): mask probability threshold.
+        stride (int): the mask logits' stride (the model's ``mask_stride``).
 
     Returns:
         list of B dicts: ``scores (Tensor[k])``, ``labels (Tensor[k] int64)``, ``masks
@@ -59,8 +60,8 @@ def postprocess(outputs: Mapping[str, Tensor], sizes: Tensor, orig_sizes: Tensor
     results = []
     for b in range(batch):
         height, width = (int(v) for v in sizes[b])
-        # The mask logits cover the padded canvas at stride 4: crop the image's part first.
-        crop = masks[b, :, : min(canvas[0], -(-height // 4)), : min(canvas[1], -(-width // 4))]
+        # The mask logits cover the padded canvas: crop the image's part first.
+        crop = masks[b, :, : min(canvas[0], -(-height // stride)), : min(canvas[1], -(-width // stride))]
         full = F.interpolate(crop[None], size=tuple(int(v) for v in orig_sizes[b]), mode="bilinear",
                              align_corners=False)[0]
         probs = full.sigmoid()
@@ -85,9 +86,10 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
     try:
         for images, pixel_mask, targets in loader:
             outputs = model(images.to(device), pixel_mask.to(device))
+            stride = max(1, round(images.shape[-2] / outputs["pred_masks"].shape[-2]))
             sizes = torch.stack([t["size"] for t in targets])
             orig = torch.stack([t["orig_size"] for t in targets])
-            for target, found in zip(targets, postprocess(outputs, sizes, orig, top_k=top_k)):
+            for target, found in zip(targets, postprocess(outputs, sizes, orig, top_k=top_k, stride=stride)):
                 image_id = int(target["image_id"].reshape(-1)[0])
                 image_ids.append(image_id)
                 for score, label, mask in zip(found["scores"].tolist(), found["labels"].tolist(), found["masks"]):

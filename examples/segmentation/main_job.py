@@ -3,8 +3,9 @@
 Trains the tiny segmentation DETR (:mod:`.model`: 2+2 layers, 64 wide, 64-pixel images) on a
 dense synthetic shapes set with instance masks (:mod:`.synthetic`), twice per seed: with
 one-to-one matching only, and with H-DETR's hybrid branch (30 one-to-one + 90 one-to-many
-queries, K = 6, masks shared by the K copies). Each pair starts from identical weights (the
-branch only adds its one-to-many query rows) and reads the same images in the same order.
+queries, K = 6, masks shared by the K copies); mask logits at stride 2 (32 x 32). Each pair
+starts from identical weights (the branch only adds its one-to-many query rows) and reads the
+same images in the same order.
 The runs go in parallel worker processes of one thread each.
 
 After every epoch it scores the 30 one-to-one queries (``segm`` AP, pycocotools, on RLE
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-queries-one2one", type=int, default=30)
     p.add_argument("--num-queries-one2many", type=int, default=90)
     p.add_argument("--k", type=int, default=6)
+    p.add_argument("--mask-stride", type=int, choices=(2, 4), default=2,
+                   help="stride of the mask logits (2 here: 32 x 32 masks for the 64-pixel images)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--quiet", action="store_true")
@@ -71,6 +74,7 @@ def _train_args(scheme: str, seed: int, options: argparse.Namespace) -> list[str
         "--data", "synthetic", "--data-path", str(options.output_dir / "data"), "--scheme", scheme,
         "--config", "tiny", "--epochs", str(options.epochs), "--batch-size", str(options.batch_size),
         "--lr", str(options.lr), "--k", str(options.k), "--image-size", str(options.image_size),
+        "--mask-stride", str(options.mask_stride),
         "--num-queries-one2one", str(options.num_queries_one2one),
         "--num-queries-one2many", str(options.num_queries_one2many),
         "--synthetic-train-images", str(options.train_images), "--synthetic-val-images", str(options.val_images),

@@ -44,14 +44,24 @@ class MaskDETR(nn.Module):
     Args:
         cfg: the detector's :class:`~examples.detection.config.ModelConfig`
             (``ModelConfig.tiny(C)`` for the CPU).
-        stem_channels: width of the stride-4 image stem.
+        stem_channels: width of the image stem.
+        mask_stride: 4 (Mask2Former) or 2 (finer masks for small images): the stride of the
+            per-pixel embeddings and hence of the mask logits.
     """
 
-    def __init__(self, cfg: ModelConfig, stem_channels: int = 32) -> None:
+    def __init__(self, cfg: ModelConfig, stem_channels: int = 32, mask_stride: int = 4) -> None:
         super().__init__()
+        if mask_stride not in (2, 4):
+            raise ValueError(f"MaskDETR: mask_stride must be 2 or 4, got {mask_stride!r}")
         self.detector: HDeformableDETR = build_detector(cfg)
+        self.mask_stride = mask_stride
         dim = cfg.hidden_dim
-        self.stem = nn.Sequential(_conv_gn_relu(3, stem_channels, 2), _conv_gn_relu(stem_channels, stem_channels, 2))
+        stages = [_conv_gn_relu(3, stem_channels, 2)]
+        if mask_stride == 4:
+            stages.append(_conv_gn_relu(stem_channels, stem_channels, 2))
+        else:
+            stages.append(_conv_gn_relu(stem_channels, stem_channels, 1))
+        self.stem = nn.Sequential(*stages)
         self.lateral = nn.Conv2d(stem_channels, dim, 1)
         self.fuse = _conv_gn_relu(dim, dim)
         self.pixel_embed = nn.Conv2d(dim, dim, 1)
@@ -77,7 +87,7 @@ class MaskDETR(nn.Module):
         return hook
 
     def pixel_embeddings(self, images: Tensor) -> Tensor:
-        """Per-pixel embeddings (Tensor[B, D, ceil(H/4), ceil(W/4)]) of the last forward's encoder."""
+        """Per-pixel embeddings (Tensor[B, D, ceil(H/s), ceil(W/s)], ``s = mask_stride``) of the last forward."""
         level0 = self._captured["level0"]  # (B, D, h0, w0): the projected stride-8 map
         fine = level0
         if "memory" in self._captured:  # the encoder's output, level 0 first
@@ -116,7 +126,7 @@ class MaskDETR(nn.Module):
         return outputs
 
 
-def build_model(cfg: ModelConfig) -> MaskDETR:
+def build_model(cfg: ModelConfig, mask_stride: int = 4) -> MaskDETR:
     """The segmentation model for ``cfg`` (see :class:`MaskDETR`), in training mode.
 
     Built after ``torch.manual_seed(s)``, models that differ only in
@@ -124,4 +134,4 @@ def build_model(cfg: ModelConfig) -> MaskDETR:
     detector guarantees it for its part; the mask parts are drawn after it and do not
     depend on the query count).
     """
-    return MaskDETR(cfg)
+    return MaskDETR(cfg, mask_stride=mask_stride)
