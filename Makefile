@@ -2,16 +2,20 @@
 #   make demo   the main job: train a small H-Deformable-DETR on a built-in dense synthetic
 #               COCO-format set, one-to-one and with the hybrid branch, 3 seeds in parallel;
 #               prints an AP table (mean, min-max) and writes outputs/demo/demo_ap.png
+#   make test   the test suite
+# More targets, installing the same way:
 #   make pose-demo  the same comparison for the keypoint DETR (examples/pose) on synthetic stick
 #               figures; prints a keypoint AP table and writes outputs/pose-demo/pose_ap.png
-#   make test   the test suite
+#   make segmentation-demo   the same comparison for the instance-segmentation example
+#               (examples/segmentation): segm AP table, outputs/segmentation-demo/
+#   make match-demo, make bench, make docs, make gpu-check (see README.md)
 # TORCH picks the torch build; the default is the CPU wheel this project is tested with.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo pose-demo match-demo test bench docs clean gpu-check gpu-wheels
+.PHONY: demo pose-demo segmentation-demo match-demo test bench docs clean gpu-check gpu-wheels
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +33,9 @@ demo: $(BIN)/.installed
 
 pose-demo: $(BIN)/.installed
 	$(BIN)/python -m examples.pose.main_job
+
+segmentation-demo: $(BIN)/.installed
+	$(BIN)/python -m examples.segmentation.main_job
 
 match-demo: $(BIN)/.installed
 	$(BIN)/python examples/demo.py
