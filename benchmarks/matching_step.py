@@ -168,6 +168,8 @@ def main() -> None:
             for objects in args.objects:
                 records.append(measure(threads, batch, objects, args.repeat, not args.no_official))
                 print(".", end="", flush=True, file=sys.stderr)
+                if args.json:  # written as it goes: a long run that is stopped keeps what it measured
+                    args.json.write_text(json.dumps({"info": _info(args), "records": records}, indent=1))
     print(file=sys.stderr)
 
     header = "| threads | batch | objects | hybridmatch step (ms) | official-style step (ms) | speed-up |"
@@ -197,16 +199,17 @@ def main() -> None:
         if baseline:
             cells.append(f"{old['overhead_300_ms']:.2f}" if old else "-")
         print("| " + " | ".join(cells) + " |")
-    if args.json:
-        info = {
-            "hybridmatch": hybridmatch.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "repeat": args.repeat,
-        }
-        args.json.write_text(json.dumps({"info": info, "records": records}, indent=1))
+
+
+def _info(args: argparse.Namespace) -> dict:
+    return {
+        "hybridmatch": hybridmatch.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "repeat": args.repeat,
+    }
 
 
 if __name__ == "__main__":
