@@ -213,3 +213,21 @@ def test_cli_docstring_example() -> None:
 
     result = doctest.testmod(cli)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_eval_epochs_picks_the_evaluated_epochs_and_always_the_last(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    model, optimizer, scheduler, loader, _ = _setup()
+    run_dir = RunDir(tmp_path / "run").create()
+    history = fit(model=model, loss_fn=_loss_fn, loader=loader, optimizer=optimizer, lr_scheduler=scheduler,
+                  info=init_distributed("cpu"), run_dir=run_dir, epochs=5, eval_every=2, eval_epochs=[1, 3],
+                  evaluate=lambda epoch: {"score": 1.0}, progress=False)
+    # 1-based epochs 1 and 3, then the last (5); eval_every=2 (epochs 2 and 4) is overridden.
+    assert ["score" in r for r in history] == [True, False, True, False, True]
+
+
+def test_eval_epochs_outside_the_schedule_is_refused() -> None:
+    parser = training_parser("t", "t")
+    for bad in (["--epochs", "4", "--eval-epochs", "0"], ["--epochs", "4", "--eval-epochs", "2", "5"]):
+        with pytest.raises(SystemExit):
+            check_training_args(parser, parser.parse_args(bad))

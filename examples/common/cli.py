@@ -51,6 +51,8 @@ def training_parser(prog: str, description: str, **defaults: Any) -> argparse.Ar
                         "interrupted (the schedule still spans --epochs; continue with --resume)")
     p.add_argument("--eval-only", action="store_true", help="evaluate (the --resume checkpoint) and exit")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
+    p.add_argument("--eval-epochs", type=int, nargs="+", default=None, metavar="EPOCH",
+                   help="evaluate after these 1-based epochs (and the last); replaces --eval-every")
     p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler (GPU only)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-workers", type=int, default=0)
@@ -82,5 +84,7 @@ def check_training_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--stop-after must be >= 1, got {args.stop_after}")
     if args.eval_every < 0:
         parser.error(f"--eval-every must be >= 0 (0: only at the end), got {args.eval_every}")
+    if args.eval_epochs is not None and any(e < 1 or e > args.epochs for e in args.eval_epochs):
+        parser.error(f"--eval-epochs must be in 1..{args.epochs} (--epochs), got {args.eval_epochs}")
     if args.lr_drop is not None and args.lr_drop < 1:
         parser.error(f"--lr-drop must be >= 1, got {args.lr_drop}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -145,7 +145,7 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
         run_dir: RunDir, epochs: int, train_model: nn.Module | None = None, lr_scheduler: Any = None,
         scaler: torch.amp.GradScaler | None = None, clip_max_norm: float = 0.0,
         evaluate: Callable[[int], Mapping[str, Any]] | None = None, eval_every: int = 1,
-        states: Mapping[str, Stateful | None] | None = None,
+        eval_epochs: Collection[int] | None = None, states: Mapping[str, Stateful | None] | None = None,
         on_epoch_end: Callable[[int], None] | None = None, start_epoch: int = 0,
         stop_after: int | None = None, history: list[dict[str, Any]] | None = None,
         record_extra: Mapping[str, Any] | None = None, args: Any = None,
@@ -168,6 +168,8 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
         epochs: length of the whole schedule.
         evaluate: ``evaluate(epoch) -> dict`` merged into the epoch's record, or None.
         eval_every: evaluate every N epochs; 0: only after the last epoch.
+        eval_epochs: 1-based epochs to evaluate after (the last one always); replaces
+            ``eval_every`` when given.
         states: named ``state_dict`` objects saved in the checkpoint.
         on_epoch_end: called with the finished epoch, after the lr scheduler steps.
         start_epoch / history: where a resumed run continues (:func:`load_checkpoint`).
@@ -201,7 +203,11 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
         train_time = time.perf_counter() - started
         record: dict[str, Any] = {"epoch": epoch, **(record_extra or {}), "lr": lr, "train": means,
                                   "train_time_s": round(train_time, 3)}
-        if evaluate is not None and (epoch == epochs - 1 or (eval_every > 0 and (epoch + 1) % eval_every == 0)):
+        if eval_epochs is not None:
+            due = epoch + 1 in eval_epochs
+        else:
+            due = eval_every > 0 and (epoch + 1) % eval_every == 0
+        if evaluate is not None and (epoch == epochs - 1 or due):
             started = time.perf_counter()
             record.update(evaluate(epoch))
             record["eval_time_s"] = round(time.perf_counter() - started, 3)

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         model=model, train_model=train_model, loss_fn=detection_loss(criterion, weight_dict, info.device, amp),
         loader=train_loader, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, info=info,
         run_dir=run_dir, epochs=args.epochs, clip_max_norm=args.clip_max_norm, evaluate=evaluate,
-        eval_every=args.eval_every, states=states if scheme is not None else {},
+        eval_every=args.eval_every, eval_epochs=args.eval_epochs, states=states if scheme is not None else {},
         on_epoch_end=(lambda epoch: scheme.step()) if scheme is not None else None,
         start_epoch=start_epoch, stop_after=args.stop_after, history=history,
         record_extra={"scheme": args.scheme}, args=args,
