@@ -113,14 +113,15 @@ def convergence(path: Path) -> None:
     data = json.loads((ROOT / "benchmarks" / "convergence.json").read_text())
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for scheme, result in data["ap_per_epoch"].items():
-        mean = result["mean"]
+        # convergence.json stores AP as a fraction; every table of the project uses %.
+        mean = [100 * value for value in result["mean"]]
         epochs = range(1, len(mean) + 1)
         ax.plot(epochs, mean, marker="o", ms=3, label=scheme)
-        runs = torch.tensor(result["runs"])
+        runs = 100 * torch.tensor(result["runs"])
         ax.fill_between(epochs, runs.min(0).values, runs.max(0).values, alpha=0.15)
     settings = data["settings"]
     ax.set_xlabel("epoch")
-    ax.set_ylabel("AP (val)")
+    ax.set_ylabel("COCO AP (%), validation")
     ax.set_title(f"benchmarks/convergence.json: {settings['train_images']} synthetic images, "
                  f"seeds {data['seeds']}", fontsize=8)
     ax.legend(fontsize=8)
