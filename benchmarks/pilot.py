@@ -61,14 +61,18 @@ class Cell:
     k: int = 6
     lam: float = 1.0
     epochs: int = 12
+    dec_layers: int = 2
     note: str = ""
 
+    def _model(self) -> str:
+        return "" if self.dec_layers == 2 else f"-d{self.dec_layers}"
+
     def one2one_key(self, seed: int) -> str:
-        return f"one2one-s{self.size}-o{self.max_objects}-q{self.q1}-e{self.epochs}-seed{seed}"
+        return f"one2one-s{self.size}-o{self.max_objects}-q{self.q1}{self._model()}-e{self.epochs}-seed{seed}"
 
     def branch_key(self, seed: int) -> str:
         return (f"branch-s{self.size}-o{self.max_objects}-q{self.q1}+{self.q2}-k{self.k}-l{self.lam:g}"
-                f"-e{self.epochs}-seed{seed}")
+                f"{self._model()}-e{self.epochs}-seed{seed}")
 
     @property
     def early_epoch(self) -> int:
@@ -88,6 +92,8 @@ _SPARSE_192 = Cell("", size=192, max_objects=4)
 CELLS: tuple[Cell, ...] = (
     replace(_SPARSE_192, name="c05", note="192 px, sparse"),
     replace(_SPARSE_128, name="c02", note="128 px, sparse"),
+    replace(_SPARSE_192, name="c14", dec_layers=6, note="6 decoder layers (H-DETR's)"),
+    replace(_SPARSE_192, name="c15", lam=0.25, note="lambda 0.25"),
     replace(_SPARSE_192, name="c06", q2=150, note="Q2 = 5 Q1"),
     Cell("c01", size=128, max_objects=20, note="previous demo: dense, few positions"),
     Cell("c04", size=192, max_objects=20, note="192 px, dense"),
@@ -108,7 +114,7 @@ def _train_argv(cell: Cell, scheme: str, seed: int, out: Path, data: Path) -> li
         "--data", "synthetic", "--data-path", str(data), "--scheme", scheme, "--config", "tiny",
         "--epochs", str(cell.epochs), "--batch-size", "4", "--lr", "4e-4",
         "--num-queries-one2one", str(cell.q1), "--num-queries-one2many", str(cell.q2 if scheme == "branch" else 0),
-        "--k", str(cell.k), "--lambda-one2many", str(cell.lam),
+        "--k", str(cell.k), "--lambda-one2many", str(cell.lam), "--dec-layers", str(cell.dec_layers),
         "--synthetic-train-images", str(TRAIN_IMAGES), "--synthetic-val-images", str(VAL_IMAGES),
         "--synthetic-size", str(cell.size), "--synthetic-classes", "4",
         "--synthetic-max-objects", str(cell.max_objects), "--seed", str(seed),
@@ -224,7 +230,7 @@ def _interval(p: Mapping[str, float]) -> str:
 
 def report(cells: Sequence[Cell] = CELLS) -> str:
     """The Markdown table of every cell that has at least one finished pair."""
-    head = ("| cell | setting | size | obj/img (max) | Q1 + Q2 | K | lambda | epochs | positions / queries "
+    head = ("| cell | setting | size | obj/img (max) | Q1 + Q2 | K | lambda | dec layers | epochs | positions / queries "
             "(min scale, eval) | seeds | one2one end | branch end | end: branch - one2one [95 % CI] | ahead "
             "| early: branch - one2one [95 % CI] | ahead | CPU s per pair |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -238,7 +244,7 @@ def report(cells: Sequence[Cell] = CELLS) -> str:
         end, early = s["end"], s["early"]
         lines.append(
             f"| {cell.name} | {cell.note} | {cell.size} | {s['objects']:.1f} ({cell.max_objects}) | {cell.q1} + {cell.q2} | {cell.k} | "
-            f"{cell.lam:g} | {cell.epochs} | {ratio} | {len(s['seeds'])} | {end['one2one']:.1f} | "
+            f"{cell.lam:g} | {cell.dec_layers} | {cell.epochs} | {ratio} | {len(s['seeds'])} | {end['one2one']:.1f} | "
             f"{end['branch']:.1f} | {_interval(end['paired'])} | {end['paired']['ahead']}/{len(s['seeds'])} | "
             f"{_interval(early['paired'])} | {early['paired']['ahead']}/{len(s['seeds'])} | "
             f"{s['cpu_pair_s']:.0f} |")

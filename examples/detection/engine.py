@@ -89,6 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="match one-to-many groups with a capacity-K OneToManyMatcher (no K copies matched)")
     p.add_argument("--num-queries-one2one", type=int, default=None, help="override the config's Q1")
     p.add_argument("--num-queries-one2many", type=int, default=None, help="override the config's Q2 (branch)")
+    p.add_argument("--enc-layers", type=int, default=None, help="override the config's encoder layers")
+    p.add_argument("--dec-layers", type=int, default=None, help="override the config's decoder layers")
     p.add_argument("--eval-one2many", action="store_true",
                    help="(branch) also evaluate the one-to-many queries with class-wise NMS "
                         "(coco_one2many_nms in the log)")
@@ -118,6 +120,10 @@ def model_config(args: argparse.Namespace, num_classes: int) -> Any:
         cfg.num_queries_one2one = args.num_queries_one2one
     if args.num_queries_one2many is not None:
         cfg.num_queries_one2many = args.num_queries_one2many
+    if getattr(args, "enc_layers", None) is not None:
+        cfg.enc_layers = args.enc_layers
+    if getattr(args, "dec_layers", None) is not None:
+        cfg.dec_layers = args.dec_layers
     return config_for_scheme(cfg, args.scheme)
 
 
