@@ -62,16 +62,25 @@ class Cell:
     lam: float = 1.0
     epochs: int = 12
     dec_layers: int = 2
+    scheme: str = "branch"
     note: str = ""
+
+    @property
+    def baseline_queries(self) -> int:
+        """Queries of the paired one-to-one run: the branch's Q1 (what it deploys), or the one group
+        of Q1 + Q2 that the epoch and layer schemes train and deploy (the paper's baseline for them)."""
+        return self.q1 if self.scheme == "branch" else self.q1 + self.q2
 
     def _model(self) -> str:
         return "" if self.dec_layers == 2 else f"-d{self.dec_layers}"
 
     def one2one_key(self, seed: int) -> str:
-        return f"one2one-s{self.size}-o{self.max_objects}-q{self.q1}{self._model()}-e{self.epochs}-seed{seed}"
+        return (f"one2one-s{self.size}-o{self.max_objects}-q{self.baseline_queries}{self._model()}-e{self.epochs}"
+                f"-seed{seed}")
 
     def branch_key(self, seed: int) -> str:
-        return (f"branch-s{self.size}-o{self.max_objects}-q{self.q1}+{self.q2}-k{self.k}-l{self.lam:g}"
+        """The key of the hybrid run (whatever its scheme)."""
+        return (f"{self.scheme}-s{self.size}-o{self.max_objects}-q{self.q1}+{self.q2}-k{self.k}-l{self.lam:g}"
                 f"{self._model()}-e{self.epochs}-seed{seed}")
 
     @property
@@ -92,10 +101,13 @@ _SPARSE_192 = Cell("", size=192, max_objects=4)
 CELLS: tuple[Cell, ...] = (
     replace(_SPARSE_192, name="c05", note="192 px, sparse"),
     replace(_SPARSE_128, name="c02", note="128 px, sparse"),
-    replace(_SPARSE_192, name="c14", dec_layers=6, note="6 decoder layers (H-DETR's)"),
     replace(_SPARSE_192, name="c15", lam=0.25, note="lambda 0.25"),
-    replace(_SPARSE_192, name="c06", q2=150, note="Q2 = 5 Q1"),
+    replace(_SPARSE_192, name="c16", scheme="layer", k=10, note="hybrid layer (1 of 2 layers one-to-many)"),
+    replace(_SPARSE_192, name="c17", scheme="epoch", k=10, note="hybrid epoch (first 2/3 one-to-many)"),
+    replace(_SPARSE_128, name="c13", epochs=24, note="24 epochs"),
     Cell("c01", size=128, max_objects=20, note="previous demo: dense, few positions"),
+    replace(_SPARSE_192, name="c07", lam=0.5, note="lambda 0.5"),
+    replace(_SPARSE_192, name="c06", q2=150, note="Q2 = 5 Q1"),
     Cell("c04", size=192, max_objects=20, note="192 px, dense"),
     replace(_SPARSE_128, name="c03", q2=150, note="Q2 = 5 Q1"),
     replace(_SPARSE_192, name="c07", lam=0.5, note="lambda 0.5"),
@@ -104,7 +116,7 @@ CELLS: tuple[Cell, ...] = (
     replace(_SPARSE_192, name="c10", k=10, note="K 10"),
     replace(_SPARSE_192, name="c11", q1=20, q2=100, note="Q1 20, Q2 = 5 Q1"),
     Cell("c12", size=256, max_objects=4, q2=150, note="256 px, Q2 = 5 Q1"),
-    replace(_SPARSE_128, name="c13", epochs=24, note="24 epochs"),
+    replace(_SPARSE_192, name="c14", dec_layers=6, note="6 decoder layers (H-DETR's)"),
 )
 
 
@@ -113,7 +125,8 @@ def _train_argv(cell: Cell, scheme: str, seed: int, out: Path, data: Path) -> li
     argv = [
         "--data", "synthetic", "--data-path", str(data), "--scheme", scheme, "--config", "tiny",
         "--epochs", str(cell.epochs), "--batch-size", "4", "--lr", "4e-4",
-        "--num-queries-one2one", str(cell.q1), "--num-queries-one2many", str(cell.q2 if scheme == "branch" else 0),
+        "--num-queries-one2one", str(cell.q1 if scheme != "one2one" else cell.baseline_queries),
+        "--num-queries-one2many", str(cell.q2 if scheme != "one2one" else 0),
         "--k", str(cell.k), "--lambda-one2many", str(cell.lam), "--dec-layers", str(cell.dec_layers),
         "--synthetic-train-images", str(TRAIN_IMAGES), "--synthetic-val-images", str(VAL_IMAGES),
         "--synthetic-size", str(cell.size), "--synthetic-classes", "4",
@@ -230,9 +243,9 @@ def _interval(p: Mapping[str, float]) -> str:
 
 def report(cells: Sequence[Cell] = CELLS) -> str:
     """The Markdown table of every cell that has at least one finished pair."""
-    head = ("| cell | setting | size | obj/img (max) | Q1 + Q2 | K | lambda | dec layers | epochs | positions / queries "
-            "(min scale, eval) | seeds | one2one end | branch end | end: branch - one2one [95 % CI] | ahead "
-            "| early: branch - one2one [95 % CI] | ahead | CPU s per pair |")
+    head = ("| cell | scheme | setting | size | obj/img (max) | Q1 + Q2 | K | lambda | dec layers | epochs | positions / queries "
+            "(min scale, eval) | seeds | one2one end | hybrid end | end: hybrid - one2one [95 % CI] | ahead "
+            "| early: hybrid - one2one [95 % CI] | ahead | CPU s per pair |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for cell in cells:
         s = cell_summary(cell)
@@ -243,7 +256,7 @@ def report(cells: Sequence[Cell] = CELLS) -> str:
         ratio = f"{cell.positions(low) / queries:.1f}, {cell.positions(cell.size) / queries:.1f}"
         end, early = s["end"], s["early"]
         lines.append(
-            f"| {cell.name} | {cell.note} | {cell.size} | {s['objects']:.1f} ({cell.max_objects}) | {cell.q1} + {cell.q2} | {cell.k} | "
+            f"| {cell.name} | {cell.scheme} | {cell.note} | {cell.size} | {s['objects']:.1f} ({cell.max_objects}) | {cell.q1} + {cell.q2} | {cell.k} | "
             f"{cell.lam:g} | {cell.dec_layers} | {cell.epochs} | {ratio} | {len(s['seeds'])} | {end['one2one']:.1f} | "
             f"{end['branch']:.1f} | {_interval(end['paired'])} | {end['paired']['ahead']}/{len(s['seeds'])} | "
             f"{_interval(early['paired'])} | {early['paired']['ahead']}/{len(s['seeds'])} | "
@@ -275,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs: dict[str, tuple[Cell, str, int]] = {}
     for cell in cells:
         for seed in args.seeds:
-            for scheme in ("branch", "one2one"):
+            for scheme in (cell.scheme, "one2one"):
                 key = cell.one2one_key(seed) if scheme == "one2one" else cell.branch_key(seed)
                 if key not in jobs and _load(key) is None:
                     jobs[key] = (cell, scheme, seed)
