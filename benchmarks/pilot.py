@@ -110,7 +110,6 @@ CELLS: tuple[Cell, ...] = (
     replace(_SPARSE_192, name="c06", q2=150, note="Q2 = 5 Q1"),
     Cell("c04", size=192, max_objects=20, note="192 px, dense"),
     replace(_SPARSE_128, name="c03", q2=150, note="Q2 = 5 Q1"),
-    replace(_SPARSE_192, name="c07", lam=0.5, note="lambda 0.5"),
     replace(_SPARSE_192, name="c08", lam=2.0, note="lambda 2"),
     replace(_SPARSE_192, name="c09", k=3, note="K 3"),
     replace(_SPARSE_192, name="c10", k=10, note="K 10"),
