@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from examples.detection.synthetic import CATEGORIES, PNG_COMPRESS_LEVEL, _draw_image, _mask_to_bbox
+from examples.common.shapes import CATEGORIES, PNG_COMPRESS_LEVEL, draw_image, mask_to_bbox
 
 __all__ = ["generate_synthetic_segmentation", "main", "synthetic_ready"]
 
@@ -54,7 +54,7 @@ def generate_synthetic_segmentation(
         num_images: images in the split.
         image_size: ``(height, width)``.
         num_classes: shape classes, 1 to 6 (the first ``num_classes`` of
-            :data:`examples.detection.synthetic.CATEGORIES`).
+            :data:`examples.common.shapes.CATEGORIES`).
         max_objects: most objects drawn per image (the number is uniform in 1..max_objects;
             fewer are kept when a placement would hide an earlier object too much).
         seed: the data seed.
@@ -79,7 +79,7 @@ def generate_synthetic_segmentation(
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
-        pixels, objects = _draw_image(rng, height, width, shapes, max_objects)
+        pixels, objects = draw_image(rng, height, width, shapes, max_objects)
         name = f"{index:06d}.png"
         Image.fromarray(pixels).save(root / split / name, compress_level=PNG_COMPRESS_LEVEL)
         image_id = index + 1
@@ -87,7 +87,7 @@ def generate_synthetic_segmentation(
         for shape, mask in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": categories[shape][0],
-                "segmentation": _encode(mask), "bbox": _mask_to_bbox(mask), "area": float(mask.sum()),
+                "segmentation": _encode(mask), "bbox": mask_to_bbox(mask), "area": float(mask.sum()),
                 "iscrowd": 0,
             })
     data = {
