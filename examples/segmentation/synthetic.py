@@ -1,9 +1,9 @@
 """A seeded synthetic instance-segmentation set in COCO format (RLE masks).
 
-The images are the detection example's (:mod:`examples.detection.synthetic`): coloured
+The images are the detection example's (:func:`examples.common.shapes.draw_image`): coloured
 shapes (square, circle, triangle, cross, diamond and ring, the last with a hole) on a
 noisy gradient, up to ``max_objects`` per image, overlapping, each keeping at least
-:data:`~examples.detection.synthetic.MIN_VISIBLE_FRACTION` of its pixels visible. Each
+:data:`~examples.common.shapes.MIN_VISIBLE_FRACTION` of its pixels visible. Each
 object's annotation carries its *visible* mask as COCO RLE (``{"size": [H, W], "counts":
 str}``), so occluded parts and the rings' holes are not part of it; ``bbox`` is the tight
 box of the visible pixels and ``area`` their count.
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from examples.common.data import split_ready
 from examples.common.shapes import CATEGORIES, PNG_COMPRESS_LEVEL, draw_image, mask_to_bbox
 
 __all__ = ["generate_synthetic_segmentation", "main", "synthetic_ready"]
@@ -103,17 +104,9 @@ def generate_synthetic_segmentation(
 def synthetic_ready(root: Path, split: str, count: int, size: tuple[int, int], classes: int,
                     max_objects: int, seed: int) -> bool:
     """Whether ``root`` already holds this split as :func:`generate_synthetic_segmentation` would write it."""
-    path = Path(root) / "annotations" / f"instances_{split}.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    images = data.get("images", [])
-    info = data.get("info", {})
-    return (len(images) == count and len(data.get("categories", [])) == classes
-            and info.get("max_objects") == max_objects and info.get("seed") == seed
-            and info.get("description") == "examples.segmentation.synthetic"
-            and all((im["height"], im["width"]) == tuple(size) for im in images[:1]))
+    return split_ready(Path(root) / "annotations" / f"instances_{split}.json", count=count, size=size,
+                       num_categories=classes, max_objects=max_objects, seed=seed,
+                       description="examples.segmentation.synthetic")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
