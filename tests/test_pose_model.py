@@ -70,7 +70,7 @@ def test_the_mask_keeps_the_groups_apart_in_the_real_decoder() -> None:
     torch.manual_seed(0)
     model = build_model(_config("branch"), J)
     _perturb_heads(model, torch.Generator().manual_seed(3))
-    q1 = model.num_queries_one2one
+    q1 = model.cfg.num_queries_one2one
     images = torch.randn(2, 3, 64, 64)
     both = model(images, one2many=True)
     alone = model(images, one2many=False)

@@ -37,6 +37,7 @@ import os
 import queue as queue_module
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -68,41 +69,50 @@ class Line:
     key: str
 
 
-@dataclasses.dataclass(frozen=True)
 class Comparison:
-    """What a task supplies to be compared by :func:`main`.
+    """What a task supplies to be compared by :func:`main`; a task subclasses it.
 
     Attributes:
         task: the task (its ``train`` command line is what each run gets).
-        task_ref: ``"module:ATTRIBUTE"`` of ``task``, for the worker processes to import.
-        lines: the curves; the first whose scheme is ``one2one`` is the baseline, ``hybrid``
-            names the line compared with it.
-        hybrid: the line of the paired difference, e.g. ``"branch o2o"``.
-        metric: how the table names the numbers, e.g. ``"COCO keypoint AP"``.
-        stem: file names ``<stem>.json`` and ``<stem>_ap.png``.
-        add_arguments: ``add_arguments(parser)``: the task's data and model settings.
-        train_argv: ``train_argv(options, scheme) -> [...]``: those settings as the train
-            command line's arguments (the shared ones are added by :func:`main`).
-        defaults: new defaults of any argument by destination (``seeds``, ``epochs``, ...).
+        task_ref: ``"module:ATTRIBUTE"`` of ``task`` for the worker processes to import;
+            default ``"examples.<name>.task:TASK"``.
+        lines: the curves; default ``one2one`` and ``branch o2o`` (the branch's one-to-one
+            queries) of ``task.metric``. The first ``one2one`` line is the paired baseline.
+        hybrid: the line of the paired difference (default ``"branch o2o"``).
+        metric: how the table names the numbers (default ``"COCO " + task.metric_name``).
+        stem: file names ``<stem>.json`` and ``<stem>_ap.png`` (default ``task.name``).
+        defaults: new defaults of any option by destination (``seeds``, ``epochs``, ...).
         early_fraction: the default early epoch is ``ceil(early_fraction * epochs)``.
-        title: ``title(options) -> str`` of the figure.
         caveat: printed under the table: what the run can and cannot show.
         ignore_warnings: message patterns the workers silence (known, said in the docs).
     """
 
     task: Task
-    task_ref: str
-    lines: tuple[Line, ...]
-    hybrid: str
-    metric: str
-    stem: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    train_argv: Callable[[argparse.Namespace, str], list[str]]
-    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hybrid: str = "branch o2o"
+    defaults: Mapping[str, Any] = types.MappingProxyType({})
     early_fraction: float = 0.5
-    title: Callable[[argparse.Namespace], str] = lambda options: ""
     caveat: str = ""
     ignore_warnings: tuple[str, ...] = ()
+
+    @property
+    def task_ref(self) -> str:
+        """``"examples.<name>.task:TASK"``: where a worker process finds the task."""
+        return f"examples.{self.task.name}.task:TASK"
+
+    @property
+    def lines(self) -> tuple[Line, ...]:
+        """``one2one`` and ``branch o2o`` of the task's metric."""
+        return (Line("one2one", "one2one", self.task.metric), Line("branch o2o", "branch", self.task.metric))
+
+    @property
+    def metric(self) -> str:
+        """``"COCO " + task.metric_name``."""
+        return f"COCO {self.task.metric_name}"
+
+    @property
+    def stem(self) -> str:
+        """The task's name."""
+        return self.task.name
 
     @property
     def baseline(self) -> str:
@@ -114,6 +124,17 @@ class Comparison:
         """The schemes to train per seed, the hybrid one first (it is the longer run)."""
         names = list(dict.fromkeys(line.scheme for line in self.lines))
         return tuple(sorted(names, key=lambda scheme: scheme == "one2one"))
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the task's own data and model options (the shared ones are :func:`comparison_parser`'s)."""
+
+    def train_argv(self, options: argparse.Namespace, scheme: str) -> list[str]:
+        """The task's options as arguments of its train command (the shared ones are added)."""
+        return []
+
+    def title(self, options: argparse.Namespace) -> str:
+        """The figure's title."""
+        return ""
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -436,7 +457,7 @@ def comparison_parser(spec: Comparison) -> argparse.ArgumentParser:
                    help="runs in parallel, one thread each (default: one per available core, at most one per run)")
     p.add_argument("--progress-every", type=float, default=20.0,
                    help="seconds between progress lines at most (while any run trains)")
-    p.add_argument("--output-dir", type=Path, default=Path(f"outputs/{spec.task.name}-demo"))
+    p.add_argument("--output-dir", type=Path, default=Path(f"outputs/{spec.stem}-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     g = p.add_argument_group("data, model and training (shared)")
     g.add_argument("--train-images", type=int, default=160)
@@ -448,7 +469,7 @@ def comparison_parser(spec: Comparison) -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, default=6, help="GT copies of the one-to-many group")
     g.add_argument("--batch-size", type=int, default=4)
     g.add_argument("--lr", type=float, default=4e-4)
-    spec.add_arguments(p.add_argument_group(f"{spec.task.name}"))  # type: ignore[arg-type]
+    spec.add_arguments(p.add_argument_group(spec.task.name))  # type: ignore[arg-type]
     known = {action.dest for action in p._actions}
     unknown = sorted(set(spec.defaults) - known)
     if unknown:
@@ -464,6 +485,7 @@ def _train_argv(spec: Comparison, options: argparse.Namespace, scheme: str, seed
         "--batch-size", str(options.batch_size), "--lr", str(options.lr), "--k", str(options.k),
         "--num-queries-one2one", str(options.num_queries_one2one),
         "--num-queries-one2many", str(options.num_queries_one2many),
+        "--synthetic-train-images", str(options.train_images), "--synthetic-val-images", str(options.val_images),
         *spec.train_argv(options, scheme),
         "--seed", str(seed), "--output-dir", str(options.output_dir / "runs" / f"{scheme}-seed{seed}"),
         "--device", "cpu", "--eval-every", "1", "--quiet",

@@ -11,8 +11,8 @@ focal class / L1 + GIoU box losses.
 
 The rest turns a criterion into a hybrid one, the same way for every task:
 
-* :func:`build_scheme`: the H-DETR scheme object of a scheme name (``one2one`` gives None),
-  with the checks of the query counts each scheme needs;
+* :func:`build_scheme` / :func:`scheme_for`: the H-DETR scheme object of a scheme name
+  (``one2one`` gives None), with the checks of the query counts each scheme needs;
 * :func:`layer_weight_dict`: a per-layer weight dict with its ``_{i}`` and ``_enc`` copies;
 * :func:`hybrid_criterion`: ``HybridCriterion(criterion, scheme)`` and the weights with their
   ``_one2many`` copies (:func:`hybrid_weights`), or the bare criterion;
@@ -40,6 +40,7 @@ __all__ = [
     "hybrid_criterion",
     "hybrid_weights",
     "layer_weight_dict",
+    "scheme_for",
     "sigmoid_focal_loss",
     "total_loss",
 ]
@@ -287,6 +288,21 @@ def build_scheme(scheme: str, *, num_queries_one2one: int, num_queries_one2many:
         return hybridmatch.HybridEpoch(k, one2many_fraction, epochs, num_queries=num_queries_one2one)
     layers = max(num_decoder_layers - 2, 1) if num_one2many_layers is None else num_one2many_layers
     return hybridmatch.HybridLayer(k, layers, num_queries=num_queries_one2one)
+
+
+def scheme_for(scheme: str, cfg: Any, **settings: Any) -> Scheme | None:
+    """:func:`build_scheme` for a model configuration: its ``num_queries_one2one``,
+    ``num_queries_one2many`` and ``dec_layers``; ``settings`` are the scheme's (``k``,
+    ``lambda_one2many``, ``epochs``, ``one2many_fraction``, ``num_one2many_layers``).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> cfg = SimpleNamespace(num_queries_one2one=12, num_queries_one2many=0, dec_layers=6)
+        >>> scheme_for("layer", cfg, k=4)
+        HybridLayer(k=4, num_one2many_layers=4, num_queries=12, epoch=0)
+    """
+    return build_scheme(scheme, num_queries_one2one=cfg.num_queries_one2one,
+                        num_queries_one2many=cfg.num_queries_one2many, num_decoder_layers=cfg.dec_layers, **settings)
 
 
 def layer_weight_dict(weights: Mapping[str, float], num_decoder_layers: int, *,

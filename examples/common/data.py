@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .distributed import DistInfo
 
-__all__ = ["base_dataset", "limit", "make_loader", "split_ready"]
+__all__ = ["base_dataset", "coco_splits", "limit", "make_loader", "split_ready"]
 
 
 def base_dataset(dataset: Any) -> Any:
@@ -93,3 +94,40 @@ def split_ready(annotation_file: str | Path, *, count: int, size: tuple[int, int
             and (num_categories is None or len(data.get("categories", [])) == num_categories)
             and all(found.get(key) == value for key, value in info.items())
             and all((image["height"], image["width"]) == tuple(size) for image in images[:1]))
+
+
+def coco_splits(data: str, root: str | Path, info: DistInfo, *, prefix: str,
+                make_split: Callable[[str], None] | None = None) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (image_dir, annotation_file), "val": (...)}`` of a COCO-format data set.
+
+    ``data="coco"``: ``root/{train,val}2017/`` and ``root/annotations/{prefix}_{split}2017.json``
+    (COCO's layout). ``data="synthetic"``: ``root/{train,val}/`` and
+    ``root/annotations/{prefix}_{split}.json``; rank 0 first calls ``make_split(split)`` for
+    each split (which generates it when it is not on disk, e.g. after :func:`split_ready`),
+    the other ranks wait for it at a barrier.
+
+    Args:
+        data: ``"synthetic"`` or ``"coco"``.
+        root: the data set's folder (``--data-path``).
+        info: this process's rank.
+        prefix: the annotation files' prefix, ``"instances"`` or ``"person_keypoints"``.
+        make_split: ``make_split(split)`` makes a synthetic split ready.
+
+    Raises:
+        FileNotFoundError: an annotation file is missing (the message names it and the arguments).
+    """
+    root = Path(root)
+    if data == "synthetic":
+        if info.is_main and make_split is not None:
+            for split in ("train", "val"):
+                make_split(split)
+        if info.distributed:
+            dist.barrier()
+        paths = {split: (root / split, root / "annotations" / f"{prefix}_{split}.json") for split in ("train", "val")}
+    else:
+        paths = {split: (root / f"{split}2017", root / "annotations" / f"{prefix}_{split}2017.json")
+                 for split in ("train", "val")}
+    for split, (_, annotations) in paths.items():
+        if not annotations.is_file():
+            raise FileNotFoundError(f"{split} annotations not found: {annotations} (--data {data} --data-path {root})")
+    return paths

@@ -1,7 +1,7 @@
 """One run of any task: its command line, set-up, resume rule, training and evaluation.
 
-A task is a :class:`Task`: how to build its data, model configuration, model, criterion and
-evaluator, plus its own arguments and defaults. :func:`run` does the rest the same way for
+A task is a :class:`Task` subclass: how to build its data, model configuration, model,
+criterion and evaluator, plus its own arguments and defaults. :func:`run` does the rest the same way for
 every task:
 
 1. joins the process group (``torchrun``) or runs alone, creates the run folder (rank 0);
@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ __all__ = [
     "detr_loss",
     "main",
     "run",
+    "scheme_settings",
     "task_parser",
 ]
 
@@ -94,55 +96,67 @@ class EvalSetup:
     amp: bool
 
 
-@dataclasses.dataclass(frozen=True)
 class Task:
     """What a task supplies to be trained, resumed, evaluated and compared by :mod:`examples.common`.
 
-    Every ``build_*`` is a plain function of the parsed arguments; ``train`` below is the
-    training data set with a ``Subset`` unwrapped.
+    A task subclasses it: a few class attributes and the five ``build_*`` methods, each a
+    plain function of the parsed arguments (``train`` below is the training data set with a
+    ``Subset`` unwrapped). :func:`run` calls them in this order: :meth:`build_data`,
+    :meth:`model_config`, (seed) :meth:`build_model`, :meth:`build_criterion`, and after
+    resuming :meth:`build_evaluator`.
 
     Attributes:
         name: the package under ``examples`` (``"pose"``): the command is
             ``python -m examples.<name>.train``.
         description: one line for ``--help``.
-        add_arguments: ``add_arguments(parser)`` adds the task's own arguments.
-        build_data: ``build_data(args, info) -> (train_set, val_set)``; generates missing
-            synthetic data on rank 0 (the others wait at a barrier).
-        model_config: ``model_config(args, train) -> cfg`` (query counts of ``--scheme``).
-        build_model: ``build_model(args, cfg, train) -> nn.Module``; called right after
-            seeding, so it should draw only the initial weights.
-        build_criterion: ``build_criterion(args, cfg, train) -> (criterion, scheme or None,
-            weight_dict)``, e.g. with :func:`examples.common.criterion.hybrid_criterion`.
-        build_evaluator: ``build_evaluator(args, setup: EvalSetup) -> evaluate``;
-            ``evaluate(epoch) -> {metric: {"AP": ...}, ...}`` is merged into the epoch's record.
-        collate_fn: the loaders' batcher; a batch is ``(images (Tensor[B, 3, H, W]),
-            pixel_mask (Tensor[B, H, W] bool), targets)``.
         metric: the record key of the main evaluation (``"coco"``, ``"coco_kp"``, ``"segm"``).
         metric_name: how its ``AP`` is printed (``"AP"``, ``"segm AP"``).
         defaults: new defaults of any argument by destination (``{"output_dir": Path(...)}``).
         resume_keys: the task's settings a resumed checkpoint must share, beyond :data:`RESUME_KEYS`.
-        report: ``report(args, stats) -> str`` printed by ``--eval-only``; default: the AP.
+        collate_fn: the loaders' batcher; a batch is ``(images (Tensor[B, 3, H, W]),
+            pixel_mask (Tensor[B, H, W] bool), targets)``.
     """
 
-    name: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    build_data: Callable[[argparse.Namespace, DistInfo], tuple[Any, Any]]
-    model_config: Callable[[argparse.Namespace, Any], Any]
-    build_model: Callable[[argparse.Namespace, Any, Any], nn.Module]
-    build_criterion: Callable[[argparse.Namespace, Any, Any], tuple[nn.Module, Any, dict[str, float]]]
-    build_evaluator: Callable[[argparse.Namespace, EvalSetup], Callable[[int], dict[str, Any]]]
-    collate_fn: Callable[[Sequence[Any]], Any]
-    metric: str
+    name: str = ""
+    description: str = ""
+    metric: str = "coco"
     metric_name: str = "AP"
-    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    defaults: Mapping[str, Any] = types.MappingProxyType({})
     resume_keys: tuple[str, ...] = ()
-    report: Callable[[argparse.Namespace, Mapping[str, Any]], str] | None = None
+    collate_fn: Callable[[Sequence[Any]], Any]
 
     @property
     def prog(self) -> str:
         """The training command's module, ``examples.<name>.train``."""
         return f"examples.{self.name}.train"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the task's own arguments (the shared ones are :func:`task_parser`'s)."""
+
+    def build_data(self, args: argparse.Namespace, info: DistInfo) -> tuple[Any, Any]:
+        """``(train_set, val_set)``; generates missing synthetic data on rank 0 (the others wait)."""
+        raise NotImplementedError
+
+    def model_config(self, args: argparse.Namespace, train: Any) -> Any:
+        """The model configuration, with the query counts of ``args.scheme``."""
+        raise NotImplementedError
+
+    def build_model(self, args: argparse.Namespace, cfg: Any, train: Any) -> nn.Module:
+        """The model; called right after seeding, so it should draw only the initial weights."""
+        raise NotImplementedError
+
+    def build_criterion(self, args: argparse.Namespace, cfg: Any, train: Any) -> tuple[nn.Module, Any, dict]:
+        """``(criterion, scheme or None, weight_dict)``, e.g. with
+        :func:`examples.common.criterion.hybrid_criterion` and :func:`scheme_settings`."""
+        raise NotImplementedError
+
+    def build_evaluator(self, args: argparse.Namespace, setup: EvalSetup) -> Callable[[int], dict[str, Any]]:
+        """``evaluate(epoch) -> {metric: {"AP": ...}, ...}``, merged into the epoch's record."""
+        raise NotImplementedError
+
+    def report(self, args: argparse.Namespace, stats: Mapping[str, Any]) -> str:
+        """What ``--eval-only`` prints of the evaluation's ``stats``; default: the AP."""
+        return f"{self.metric_name} ({args.scheme}): {100 * stats[self.metric]['AP']:.1f}"
 
 
 # ---------------------------------------------------------------------------------- command line
@@ -282,6 +296,14 @@ def detr_loss(criterion: nn.Module, weight_dict: Mapping[str, float], device: to
     return loss_fn
 
 
+def scheme_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The hybrid scheme's settings of the command line, as keyword arguments of
+    :func:`examples.common.criterion.build_scheme` (``k``, ``lambda_one2many``, ``epochs``,
+    ``one2many_fraction``, ``num_one2many_layers``)."""
+    return {"k": args.k, "lambda_one2many": args.lambda_one2many, "epochs": args.epochs,
+            "one2many_fraction": args.one2many_fraction, "num_one2many_layers": args.num_one2many_layers}
+
+
 def check_resumable(saved: Mapping[str, Any], args: argparse.Namespace, keys: Sequence[str],
                     source: str = "the checkpoint") -> None:
     """Refuse to resume a checkpoint written by a run of another scheme or setting.
@@ -392,8 +414,7 @@ def run(task: Task, args: argparse.Namespace, *, on_step: StepHook | None = None
         started = time.perf_counter()
         stats = evaluate(start_epoch)
         if info.is_main:
-            print(task.report(args, stats) if task.report is not None else
-                  f"{task.metric_name} ({args.scheme}): {100 * stats[task.metric]['AP']:.1f}")
+            print(task.report(args, stats))
             run_dir.append({"eval_only": True, "scheme": args.scheme, **stats,
                             "eval_time_s": time.perf_counter() - started})
         return [stats]

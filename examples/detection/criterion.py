@@ -22,10 +22,10 @@ import hybridmatch
 from examples.common.criterion import (
     SCHEMES,
     SetCriterion,
-    build_scheme,
     hybrid_criterion,
     hybrid_weights,
     layer_weight_dict,
+    scheme_for,
     sigmoid_focal_loss,
     total_loss,
 )
@@ -36,41 +36,26 @@ __all__ = ["SCHEMES", "WEIGHTS", "SetCriterion", "build_criterion", "sigmoid_foc
 WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
-def build_criterion(
-    scheme: str,
-    cfg: Any,
-    *,
-    k: int | None = None,
-    lambda_one2many: float = 1.0,
-    epochs: int = 12,
-    one2many_fraction: float = 2 / 3,
-    num_one2many_layers: int | None = None,
-    one2many_matcher: bool = False,
-) -> tuple[nn.Module, Any, dict[str, float]]:
+def build_criterion(scheme: str, cfg: Any, *, one2many_matcher: bool = False,
+                    **settings: Any) -> tuple[nn.Module, Any, dict[str, float]]:
     """The criterion, the scheme object (None for ``one2one``) and the loss weights of a run.
 
     Args:
-        scheme (str): ``one2one`` (Deformable-DETR), ``branch``, ``epoch`` or ``layer``
-            (:func:`examples.common.criterion.build_scheme` says what each needs).
+        scheme (str): ``one2one`` (Deformable-DETR), ``branch``, ``epoch`` or ``layer``.
         cfg: a :class:`~examples.detection.config.ModelConfig` (reads ``num_classes``,
             ``dec_layers``, ``two_stage``, ``num_queries_one2one``, ``num_queries_one2many``).
-        k (int | None): copies of the ground truth; default 6 (branch) or 10 (epoch, layer).
-        lambda_one2many (float): the hybrid branch's one-to-many loss weight.
-        epochs (int): the schedule length (hybrid epoch).
-        one2many_fraction (float): ``rho`` of the hybrid epoch scheme.
-        num_one2many_layers (int | None): ``L1`` of the hybrid layer scheme.
         one2many_matcher (bool): match the one-to-many groups with
             :class:`hybridmatch.OneToManyMatcher` (capacity K, no K copies matched) instead of the
             Hungarian matcher on repeated targets; the losses are the same.
+        settings: the scheme's ``k`` (default 6 for branch, 10 for epoch / layer),
+            ``lambda_one2many``, ``epochs``, ``one2many_fraction``, ``num_one2many_layers``
+            (:func:`examples.common.criterion.build_scheme` says what each does and needs).
 
     Returns:
         ``(criterion, scheme_object, weight_dict)``; ``criterion(outputs, targets)`` returns the
         dict of unweighted losses (one-to-many ones already times lambda).
     """
-    scheme_object = build_scheme(
-        scheme, num_queries_one2one=cfg.num_queries_one2one, num_queries_one2many=cfg.num_queries_one2many,
-        num_decoder_layers=cfg.dec_layers, k=k, lambda_one2many=lambda_one2many, epochs=epochs,
-        one2many_fraction=one2many_fraction, num_one2many_layers=num_one2many_layers)
+    scheme_object = scheme_for(scheme, cfg, **settings)
     weights = layer_weight_dict(WEIGHTS, cfg.dec_layers, encoder=WEIGHTS if cfg.two_stage else None)
     base = SetCriterion(cfg.num_classes, hybridmatch.HungarianMatcher(2.0, 5.0, 2.0),
                         hybrid_weights(weights, scheme_object))

@@ -1,26 +1,16 @@
-"""Train or evaluate H-Deformable-DETR with hybrid matching.
+"""``python -m examples.detection.train``: train or evaluate H-Deformable-DETR with hybrid matching.
 
-Single process (CPU or one GPU)::
-
-    python -m examples.detection.train --data synthetic --data-path data/synthetic \\
-        --scheme branch --config tiny --epochs 12 --output-dir outputs/branch
-
-Several GPUs (one process each; gloo instead of NCCL on CPU-only machines)::
-
+    python -m examples.detection.train --data synthetic --scheme branch --config tiny --epochs 12 --output-dir out/
     torchrun --nproc_per_node 8 -m examples.detection.train --data coco --data-path /data/coco \\
         --scheme branch --config r50 --backbone-weights r50.pth --amp --batch-size 2
 
-Resume with ``--resume OUTPUT_DIR/checkpoint.pth`` (same arguments; a checkpoint of another
-scheme or setting is refused), evaluate a checkpoint with ``--eval-only --resume ...``. Every
-epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``; ``--eval-one2many`` (branch) also
-scores the one-to-many queries with NMS. The run is :func:`examples.common.runner.run` of
-:data:`examples.detection.task.TASK`.
+:func:`examples.common.runner.main` of :data:`examples.detection.task.TASK`; ``--eval-one2many``
+(branch) also scores the one-to-many queries with NMS. ``--help`` lists every option.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
 
 from examples.common.runner import main as run_main
 
@@ -28,11 +18,8 @@ from .task import TASK
 
 __all__ = ["main"]
 
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Parse the command line and run; return the per-epoch history."""
-    return run_main(TASK, argv)
-
+#: ``main(argv=None)``: Parse the command line and run; return the per-epoch history.
+main = functools.partial(run_main, TASK)
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 import hybridmatch
-from examples.common.criterion import SetCriterion, build_scheme, flat_indices, hybrid_criterion, layer_weight_dict
+from examples.common.criterion import SetCriterion, flat_indices, hybrid_criterion, layer_weight_dict, scheme_for
 
 __all__ = ["PER_OBJECT_KEYS", "WEIGHTS", "PoseCriterion", "build_criterion", "pair_oks", "pose_matcher"]
 
@@ -128,27 +128,22 @@ class PoseCriterion(SetCriterion):
         return losses
 
 
-def build_criterion(scheme: str, cfg: Any, sigmas: Sequence[float], *, k: int | None = None,
-                    lambda_one2many: float = 1.0, epochs: int = 12, one2many_fraction: float = 2 / 3,
-                    num_one2many_layers: int | None = None) -> tuple[nn.Module, Any, dict[str, float]]:
+def build_criterion(scheme: str, cfg: Any, sigmas: Sequence[float],
+                    **settings: Any) -> tuple[nn.Module, Any, dict[str, float]]:
     """The criterion, the scheme object (None for ``one2one``) and the loss weights of a run.
 
     Args:
-        scheme: ``one2one``, ``branch``, ``epoch`` or ``layer``
-            (:func:`examples.common.criterion.build_scheme`).
+        scheme: ``one2one``, ``branch``, ``epoch`` or ``layer``.
         cfg: the :class:`~examples.detection.config.ModelConfig` (``num_classes``, ``dec_layers``,
             ``two_stage``, the query counts).
         sigmas: the OKS constants of the data's keypoint layout.
-        k, lambda_one2many, epochs, one2many_fraction, num_one2many_layers: the scheme's settings.
+        settings: the scheme's (``k``, ``lambda_one2many``, ``epochs``, ``one2many_fraction``,
+            ``num_one2many_layers``; :func:`examples.common.criterion.build_scheme`).
 
     Returns:
         ``(criterion, scheme_object, weight_dict)``.
     """
-    scheme_object = build_scheme(
-        scheme, num_queries_one2one=cfg.num_queries_one2one, num_queries_one2many=cfg.num_queries_one2many,
-        num_decoder_layers=cfg.dec_layers, k=k, lambda_one2many=lambda_one2many, epochs=epochs,
-        one2many_fraction=one2many_fraction, num_one2many_layers=num_one2many_layers)
     encoder = {key: WEIGHTS[key] for key in ("loss_ce", "loss_bbox", "loss_giou")} if cfg.two_stage else None
     weights = layer_weight_dict(WEIGHTS, cfg.dec_layers, encoder=encoder)
     base = PoseCriterion(cfg.num_classes, pose_matcher(sigmas), sigmas, weight_dict=weights)
-    return hybrid_criterion(base, scheme_object, weights, per_object_keys=PER_OBJECT_KEYS)
+    return hybrid_criterion(base, scheme_for(scheme, cfg, **settings), weights, per_object_keys=PER_OBJECT_KEYS)

@@ -70,14 +70,6 @@ class PoseDETR(nn.Module):
     def _capture_layer(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         self._captured["hidden"].append(output)
 
-    @property
-    def num_queries_one2one(self) -> int:
-        return self.cfg.num_queries_one2one
-
-    @property
-    def num_queries_one2many(self) -> int:
-        return self.cfg.num_queries_one2many
-
     def forward(self, images: Tensor, pixel_mask: Tensor | None = None, *, one2many: bool | None = None) -> dict:
         """Detect people and their keypoints in a padded batch.
 

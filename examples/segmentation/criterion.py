@@ -46,10 +46,10 @@ from hybridmatch.costs import bce_cost_on_points, dice_cost_on_points, point_sam
 from examples.common.criterion import (
     Matches,
     SetCriterion,
-    build_scheme,
     flat_indices,
     hybrid_criterion,
     layer_weight_dict,
+    scheme_for,
 )
 
 __all__ = [
@@ -252,33 +252,28 @@ def layer_weights(*, box_loss: bool = True, ce: float = 2.0, mask: float = 5.0, 
 ENCODER_WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
-def build_criterion(scheme: str, cfg: Any, *, k: int | None = None, lambda_one2many: float = 1.0,
-                    epochs: int = 12, one2many_fraction: float = 2 / 3, num_one2many_layers: int | None = None,
-                    copy_masks: bool = False, num_points: int = 256,
-                    box_loss: bool = True) -> tuple[nn.Module, Any, dict[str, float]]:
+def build_criterion(scheme: str, cfg: Any, *, copy_masks: bool = False, num_points: int = 256,
+                    box_loss: bool = True, **settings: Any) -> tuple[nn.Module, Any, dict[str, float]]:
     """The criterion, the scheme object (None for ``one2one``) and the loss weights of a run.
 
     Args:
-        scheme: one of :data:`examples.common.criterion.SCHEMES`; the scheme object and its
-            checks are :func:`examples.common.criterion.build_scheme`'s.
+        scheme: one of :data:`examples.common.criterion.SCHEMES`.
         cfg: the model's :class:`~examples.detection.config.ModelConfig`.
-        k, lambda_one2many, epochs, one2many_fraction, num_one2many_layers: as there.
         copy_masks: repeat the masks K times with the other per-object keys and match the
             copies explicitly (the library's default path), instead of the default: masks
             not repeated (``per_object_keys=["boxes"]``), capacity-K matching
             (``one2many_matcher="derive"``).
         num_points: matching and loss points per image / pair.
         box_loss: train the boxes too.
+        settings: the scheme's (``k``, ``lambda_one2many``, ``epochs``, ``one2many_fraction``,
+            ``num_one2many_layers``; :func:`examples.common.criterion.build_scheme`).
 
     Returns:
         ``(criterion, scheme_object, weight_dict)``.
     """
-    scheme_object = build_scheme(
-        scheme, num_queries_one2one=cfg.num_queries_one2one, num_queries_one2many=cfg.num_queries_one2many,
-        num_decoder_layers=cfg.dec_layers, k=k, lambda_one2many=lambda_one2many, epochs=epochs,
-        one2many_fraction=one2many_fraction, num_one2many_layers=num_one2many_layers)
     base = MaskSetCriterion(cfg.num_classes, num_points=num_points, num_loss_points=num_points, box_loss=box_loss)
     weight_dict = layer_weight_dict(layer_weights(box_loss=box_loss), cfg.dec_layers,
                                     encoder=ENCODER_WEIGHTS if cfg.two_stage else None)
-    return hybrid_criterion(base, scheme_object, weight_dict, one2many_matcher=None if copy_masks else "derive",
+    return hybrid_criterion(base, scheme_for(scheme, cfg, **settings), weight_dict,
+                            one2many_matcher=None if copy_masks else "derive",
                             per_object_keys=["boxes", "masks"] if copy_masks else ["boxes"])

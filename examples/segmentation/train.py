@@ -1,24 +1,13 @@
-"""Train or evaluate the segmentation DETR with hybrid matching.
+"""``python -m examples.segmentation.train``: the instance-segmentation DETR.
 
-Single process (CPU or one GPU), on the synthetic shapes (generated when missing)::
-
-    python -m examples.segmentation.train --scheme branch --epochs 12 --output-dir outputs/seg-branch
-
-Several processes (one per GPU; gloo on a CPU-only machine), on COCO::
-
-    torchrun --nproc_per_node 8 -m examples.segmentation.train --data coco --data-path /data/coco \\
-        --config r50 --image-size 800 --num-points 12544 --scheme branch --amp
-
-Resume with ``--resume OUTPUT_DIR/checkpoint.pth`` (same arguments; a checkpoint of another
-scheme or setting is refused); evaluate a checkpoint with ``--eval-only --resume ...``. Every
-epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``. The run is
-:func:`examples.common.runner.run` of :data:`examples.segmentation.task.TASK`.
+Synthetic shapes by default (generated when missing); COCO with ``--data coco --data-path
+/data/coco --config r50 --image-size 800 --num-points 12544`` (``torchrun`` for several GPUs).
+It runs :data:`examples.segmentation.task.TASK` with :func:`examples.common.runner.main`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
 
 from examples.common.runner import main as run_main
 
@@ -26,11 +15,8 @@ from .task import TASK
 
 __all__ = ["main"]
 
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Parse the command line and run; return the per-epoch history."""
-    return run_main(TASK, argv)
-
+#: ``main(argv=None)``: Parse the command line and run; return the per-epoch history.
+main = functools.partial(run_main, TASK)
 
 if __name__ == "__main__":
     main()
