@@ -18,7 +18,7 @@ Example:
     ...                      "area": 16, "iscrowd": 0}]}))
     >>> gt = load_coco(path)
     >>> exact = [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4], "score": 0.9}]
-    >>> coco_stats(gt, exact, "bbox")[0], coco_stats(gt, [], "bbox")[0]
+    >>> round(coco_stats(gt, exact, "bbox")[0], 6), coco_stats(gt, [], "bbox")[0]
     (1.0, 0.0)
 """
 

@@ -392,7 +392,7 @@ def run_jobs(jobs: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]], *, 
     Each job is ``name -> (function, args)``; the function runs in a worker whose
     :func:`report` lines reach ``emit`` as ``"[  12s] name: text"``. When nothing has been
     emitted for ``interval`` seconds, a line says where each unfinished job stands (its
-    last report, or that it waits for a worker), so a line comes at least every
+    last report, or "no report yet"), so a line comes at least every
     ``interval`` seconds while anything runs. A finished job emits ``"name: finished"``.
 
     Raises:
@@ -424,8 +424,7 @@ def run_jobs(jobs: Mapping[str, tuple[Callable[..., Any], tuple[Any, ...]]], *, 
                     results[name] = future.result()
                     say(f"{name}: finished")
             if time.monotonic() - last[0] >= interval and len(results) < len(futures):
-                standing = [f"{name} ({latest.get(name, 'starting' if futures[name].running() else 'waiting')})"
-                            for name in futures if name not in results]
+                standing = [f"{name} ({latest.get(name, 'no report yet')})" for name in futures if name not in results]
                 say(f"still training: {'; '.join(standing)}")
     while True:  # lines sent just before the last job ended
         try:
