@@ -54,6 +54,7 @@ __all__ = [
     "main",
     "paired_difference",
     "plot_curves",
+    "prepare_data",
     "run_jobs",
     "summarize",
     "train_worker",
@@ -450,8 +451,9 @@ def comparison_parser(spec: Comparison) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--early-epoch", type=int, default=None,
                    help=f"the early column (default: {spec.early_fraction:g} of --epochs, rounded up)")
-    p.add_argument("--end-epochs", type=int, default=3,
-                   help="the end value of a run is its mean AP over its last N evaluated epochs")
+    p.add_argument("--end-epochs", type=int, default=None,
+                   help="the end value of a run is its mean AP over its last N evaluated epochs (default: 3, "
+                        "or every epoch of a shorter run)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs in parallel, one thread each (default: one per available core, at most one per run)")
     p.add_argument("--progress-every", type=float, default=20.0,
@@ -491,8 +493,10 @@ def _train_argv(spec: Comparison, options: argparse.Namespace, scheme: str, seed
     ]
 
 
-def _prepare_data(spec: Comparison, argv: list[str]) -> float:
-    """Generate the synthetic data once, before the workers start; return objects per image."""
+def prepare_data(task: Task, argv: Sequence[str]) -> float:
+    """Make the data of ``task``'s train command line ``argv`` ready in this process (generate
+    the synthetic splits once, before parallel workers would each try); return the training
+    set's objects per image."""
     import torch
 
     from .coco import coco_api
@@ -500,9 +504,9 @@ def _prepare_data(spec: Comparison, argv: list[str]) -> float:
     from .distributed import DistInfo
     from .runner import task_parser
 
-    args = task_parser(spec.task).parse_args(argv)
+    args = task_parser(task).parse_args(list(argv))
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    train, _ = spec.task.build_data(args, info)
+    train, _ = task.build_data(args, info)
     data = coco_api(base_dataset(train)).dataset
     return len(data["annotations"]) / max(len(data["images"]), 1)
 
@@ -521,6 +525,8 @@ def main(spec: Comparison, argv: Sequence[str] | None = None) -> dict[str, Any]:
         max(1, math.ceil(spec.early_fraction * options.epochs))
     if not 1 <= early <= options.epochs:
         parser.error(f"--early-epoch must be in 1..{options.epochs}, got {early}")
+    if options.end_epochs is None:
+        options.end_epochs = min(3, options.epochs)
     if not 1 <= options.end_epochs <= options.epochs:
         parser.error(f"--end-epochs must be in 1..{options.epochs}, got {options.end_epochs}")
     if len(set(options.seeds)) != len(options.seeds):
@@ -535,7 +541,7 @@ def main(spec: Comparison, argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     out = options.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    per_image = _prepare_data(spec, _train_argv(spec, options, spec.schemes[0], options.seeds[0]))
+    per_image = prepare_data(spec.task, _train_argv(spec, options, spec.schemes[0], options.seeds[0]))
     print(f"== {len(options.seeds)} seeds x ({', '.join(spec.schemes)}), {options.epochs} epochs of "
           f"{options.train_images} images ({per_image:.1f} objects per image); {options.workers} parallel runs of "
           f"1 thread; a progress line at least every {options.progress_every:g}s", file=sys.stderr, flush=True)
