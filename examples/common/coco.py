@@ -58,7 +58,8 @@ def load_coco(annotation_file: str | Path) -> Any:
     try:
         from pycocotools.coco import COCO
     except ImportError:
-        raise ImportError("the examples read COCO files with pycocotools: pip install 'hybridmatch[examples]'") from None
+        raise ImportError("the examples read COCO files with pycocotools: "
+                          "pip install 'hybridmatch[examples]'") from None
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(annotation_file))
 

@@ -127,7 +127,8 @@ def coco_splits(data: str, root: str | Path, info: DistInfo, *, prefix: str,
     else:
         paths = {split: (root / f"{split}2017", root / "annotations" / f"{prefix}_{split}2017.json")
                  for split in ("train", "val")}
-    for split, (_, annotations) in paths.items():
-        if not annotations.is_file():
-            raise FileNotFoundError(f"{split} annotations not found: {annotations} (--data {data} --data-path {root})")
+    for split, (_, annotation_file) in paths.items():
+        if not annotation_file.is_file():
+            raise FileNotFoundError(f"{split} annotations not found: {annotation_file} (--data {data} "
+                                    f"--data-path {root})")
     return paths

@@ -329,7 +329,7 @@ def check_resumable(saved: Mapping[str, Any], args: argparse.Namespace, keys: Se
         >>> check_resumable(saved, argparse.Namespace(scheme="branch", k=4), ["scheme", "k"])
         Traceback (most recent call last):
         ...
-        ValueError: the checkpoint was written by a run with other settings: --k 6 there, 4 here; resume with the checkpoint's settings, or start afresh in another --output-dir
+        ValueError: the checkpoint was written by a run with other settings: --k 6 there, 4 here; ...
     """
     stored = saved.get("args") or {}
     here = jsonable(args)

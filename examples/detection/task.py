@@ -126,8 +126,9 @@ class DetectionTask(Task):
             if not split_ready(root / "annotations" / f"instances_{split}.json", count=counts[split], size=size,
                                num_categories=args.synthetic_classes, max_objects=args.synthetic_max_objects,
                                seed=args.data_seed):
-                generate_synthetic_coco(root, num_images=counts[split], image_size=size, num_classes=args.synthetic_classes,
-                                        max_objects=args.synthetic_max_objects, seed=args.data_seed, split=split)
+                generate_synthetic_coco(root, num_images=counts[split], image_size=size,
+                                        num_classes=args.synthetic_classes, max_objects=args.synthetic_max_objects,
+                                        seed=args.data_seed, split=split)
 
         paths = coco_splits(args.data, args.data_path, info, prefix="instances", make_split=make_split)
         if args.data == "synthetic":

@@ -104,7 +104,8 @@ class PoseTask(Task):
 
     def report(self, args: argparse.Namespace, stats: Any) -> str:
         """Every keypoint AP / AR number of ``coco_kp``."""
-        return f"COCO keypoint AP ({args.scheme}): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in stats["coco_kp"].items())
+        numbers = ", ".join(f"{name} {100 * value:.1f}" for name, value in stats["coco_kp"].items())
+        return f"COCO keypoint AP ({args.scheme}): {numbers}"
 
 
 #: The pose task of ``python -m examples.pose.train``.

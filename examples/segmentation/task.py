@@ -43,7 +43,8 @@ class SegmentationTask(Task):
         """Segmentation's own arguments of ``python -m examples.segmentation.train``."""
         p.add_argument("--image-size", type=int, default=64, help="longer image side after resizing")
         p.add_argument("--copy-masks", action="store_true",
-                       help="repeat the masks K times and match the copies (default: masks shared, capacity-K matching)")
+                       help="repeat the masks K times and match the copies "
+                            "(default: masks shared, capacity-K matching)")
         p.add_argument("--mask-stride", type=int, choices=(2, 4), default=4,
                        help="stride of the mask logits (4: Mask2Former; 2: finer masks for small images)")
         p.add_argument("--num-points", type=int, default=256, help="matching / loss points per image / pair")
@@ -64,8 +65,9 @@ class SegmentationTask(Task):
             if not synthetic_ready(Path(args.data_path), split, counts[split], size, args.synthetic_classes,
                                    args.synthetic_max_objects, args.data_seed):
                 generate_synthetic_segmentation(args.data_path, num_images=counts[split], image_size=size,
-                                                num_classes=args.synthetic_classes, max_objects=args.synthetic_max_objects,
-                                                seed=args.data_seed, split=split)
+                                                num_classes=args.synthetic_classes,
+                                                max_objects=args.synthetic_max_objects, seed=args.data_seed,
+                                                split=split)
 
         paths = coco_splits(args.data, args.data_path, info, prefix="instances", make_split=make_split)
         return (CocoInstanceSegmentation(*paths["train"], size=args.image_size, train=True),
