@@ -1,7 +1,8 @@
 # Two entry points, each installing what it needs into .venv on first use:
 #   make demo   the main job: train a small H-Deformable-DETR on a built-in dense synthetic
 #               COCO-format set, one-to-one and with the hybrid branch, 3 seeds in parallel;
-#               prints an AP table (mean, min-max) and writes outputs/demo/demo_ap.png
+#               progress lines while it trains, then an AP table (early and end, the paired
+#               difference with its 95 % interval) and outputs/demo/demo_ap.png
 #   make test   the test suite
 # More targets, installing the same way:
 #   make pose-demo  the same comparison for the keypoint DETR (examples/pose) on synthetic stick

@@ -3,7 +3,7 @@
 Trains the tiny H-Deformable-DETR with ``one2one`` (Deformable-DETR), ``branch``, ``epoch`` and
 ``layer`` (H-DETR's three hybrid schemes) for each seed, evaluating after every epoch, in
 parallel worker processes of one thread each, on the setting of the demo
-(:mod:`examples.detection.main_job`): up to 20 objects per image, 30 one-to-one + 90
+(:mod:`examples.detection.task`, ``COMPARISON``): up to 20 objects per image, 30 one-to-one + 90
 one-to-many queries (one group of 120 for ``epoch`` / ``layer``). Each seed's runs start
 from the same weights (the branch adds only its one-to-many query rows). Writes
 ``convergence.json`` (every run's per-epoch COCO stats and losses, the mean/min/max AP curve
@@ -33,8 +33,9 @@ import torch
 # A script next to the repository's examples/: make them importable when run by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from examples.common.comparison import prepare_data, train_worker  # noqa: E402
 from examples.detection.criterion import SCHEMES  # noqa: E402
-from examples.detection.main_job import _worker  # noqa: E402
+from examples.detection.task import TASK  # noqa: E402
 
 __all__ = ["main", "plot"]
 
@@ -109,17 +110,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options.epochs, options.train_images, options.val_images, options.image_size = 2, 8, 4, 64
         options.batch_size, options.seeds, options.max_objects = 2, options.seeds[:1], 6
     options.output_dir.mkdir(parents=True, exist_ok=True)
-    # Generate the data once, before the workers start (examples.detection.engine skips ready sets).
-    from examples.detection.main_job import _prepare_data
-
-    _prepare_data(argparse.Namespace(output_dir=options.output_dir, image_size=options.image_size,
-                                     train_images=options.train_images, val_images=options.val_images,
-                                     num_classes=4, max_objects=options.max_objects, data_seed=0))
+    # Generate the data once, before the workers start (the runs skip ready sets).
+    prepare_data(TASK, _run_args(options, options.schemes[0], options.seeds[0]))
     jobs = [(scheme, seed) for seed in options.seeds for scheme in options.schemes]
     runs: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=options.workers, mp_context=get_context("spawn")) as pool:
         started = time.perf_counter()
-        futures = {job: pool.submit(_worker, _run_args(options, *job)) for job in jobs}
+        futures = {job: pool.submit(train_worker, "examples.detection.task:TASK", f"{job[0]} seed {job[1]}",
+                                    _run_args(options, *job)) for job in jobs}
         for (scheme, seed), future in futures.items():
             history = future.result()
             runs.append({"scheme": scheme, "seed": seed, "history": history,

@@ -1,4 +1,5 @@
-"""examples.common on its own: checkpoints and exact resume, logs, run folder, CLI, the step."""
+"""examples.common on its own: checkpoints and exact resume, logs, run folder, CLI, the step, the
+shared criterion loop, weights and scheme factory, the COCO and data helpers."""
 
 from __future__ import annotations
 
@@ -231,3 +232,110 @@ def test_eval_epochs_outside_the_schedule_is_refused() -> None:
     for bad in (["--epochs", "4", "--eval-epochs", "0"], ["--epochs", "4", "--eval-epochs", "2", "5"]):
         with pytest.raises(SystemExit):
             check_training_args(parser, parser.parse_args(bad))
+
+
+# ------------------------------------------------------------------ the shared criterion loop and helpers
+
+
+def test_the_criterion_loop_charges_every_layer_and_the_encoder_with_its_own_matcher() -> None:
+    import hybridmatch
+    from examples.common.criterion import SetCriterion
+
+    seen: list[tuple[str, ...]] = []
+    encoder_calls: list[list[int]] = []
+
+    class Recording(SetCriterion):
+        output_keys = ("pred_logits", "pred_boxes", "pred_extra")
+
+        def layer_losses(self, outputs, targets, num_boxes):
+            seen.append(tuple(sorted(outputs)))
+            return {"loss_x": torch.tensor(float(len(seen))) / num_boxes}
+
+    def encoder_matcher(outputs, targets):
+        encoder_calls.append([int(v) for t in targets for v in t["labels"]])
+        return hybridmatch.HungarianMatcher()(outputs, targets)
+
+    def layer(n: int = 3) -> dict:
+        return {"pred_logits": torch.zeros(1, n, 2), "pred_boxes": torch.full((1, n, 4), 0.5)}
+
+    outputs = {**layer(), "pred_extra": torch.zeros(1, 3), "not_a_layer_output": 1,
+               "aux_outputs": [layer(), layer()], "enc_outputs": layer()}
+    targets = [{"labels": torch.tensor([1, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)}]
+    losses = Recording(2, hybridmatch.HungarianMatcher(), encoder_matcher=encoder_matcher)(outputs, targets)
+    # Final layer first (only its output_keys), then aux 0 and 1; num_boxes = 2 objects.
+    assert seen[0] == ("pred_boxes", "pred_extra", "pred_logits") and len(seen) == 3
+    assert {k: float(v) for k, v in losses.items() if k.startswith("loss_x")} == {
+        "loss_x": 0.5, "loss_x_0": 1.0, "loss_x_1": 1.5}
+    # The encoder: its own matcher, on class-agnostic targets (every label 0), class and box losses.
+    assert encoder_calls == [[0, 0]]
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+
+
+def test_hybrid_weights_are_the_official_weight_dict_of_each_scheme() -> None:
+    import hybridmatch
+    from examples.common.criterion import hybrid_weights, layer_weight_dict
+
+    base = {"loss_ce": 2.0, "loss_bbox": 5.0}
+    weights = layer_weight_dict(base, 2, encoder={"loss_ce": 1.0})
+    assert weights == {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_ce_0": 2.0, "loss_bbox_0": 5.0, "loss_ce_enc": 1.0}
+    branch = hybrid_weights(weights, hybridmatch.HybridBranch(2, 4, k=2, weight=0.5))
+    # H-DETR: every decoder key gets a _one2many copy with the same weight (lambda is in the
+    # loss already); the encoder has no one-to-many loss, so no key for it.
+    assert branch == {**weights, "loss_ce_one2many": 2.0, "loss_bbox_one2many": 5.0, "loss_ce_0_one2many": 2.0,
+                      "loss_bbox_0_one2many": 5.0}
+    assert hybrid_weights(weights, hybridmatch.HybridLayer(2, 1, num_queries=4)) == weights
+    assert hybrid_weights(weights, None) == weights
+
+
+def test_the_scheme_factory_checks_the_query_counts() -> None:
+    from examples.common.criterion import build_scheme
+
+    with pytest.raises(ValueError, match="num_queries_one2many > 0"):
+        build_scheme("branch", num_queries_one2one=4, num_queries_one2many=0, num_decoder_layers=2)
+    with pytest.raises(ValueError, match="one group of queries"):
+        build_scheme("epoch", num_queries_one2one=4, num_queries_one2many=8, num_decoder_layers=2)
+    with pytest.raises(ValueError, match="without one-to-many queries"):
+        build_scheme("one2one", num_queries_one2one=4, num_queries_one2many=8, num_decoder_layers=2)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        build_scheme("hybrid", num_queries_one2one=4, num_queries_one2many=8, num_decoder_layers=2)
+    layer = build_scheme("layer", num_queries_one2one=4, num_queries_one2many=0, num_decoder_layers=2)
+    assert layer.k == 10 and layer.num_one2many_layers == 1  # default K, and at least one layer
+
+
+def test_coco_helpers_see_through_a_subset_and_are_the_identity_alone() -> None:
+    from examples.common.coco import coco_api, gather_results, label_to_category, on_main_rank
+
+    class Data(torch.utils.data.Dataset):
+        coco = object()
+        label_to_category = {0: 3, 1: 7}
+
+        def __len__(self) -> int:
+            return 4
+
+    data = Data()
+    subset = torch.utils.data.Subset(data, range(2))
+    assert coco_api(subset) is Data.coco and label_to_category(subset) == {0: 3, 1: 7}
+    with pytest.raises(TypeError, match="label_to_category"):
+        label_to_category([1, 2])
+    results = [{"image_id": 1}]
+    assert gather_results(results, [1]) == (results, [1])
+    assert on_main_rank(lambda: 42, 0) == 42
+
+
+def test_coco_splits_knows_both_layouts_and_names_a_missing_file(tmp_path: Path) -> None:
+    from examples.common.data import coco_splits
+    from examples.common.distributed import DistInfo
+
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    made: list[str] = []
+
+    def make_split(split: str) -> None:
+        made.append(split)
+        (tmp_path / "annotations").mkdir(exist_ok=True)
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text("{}")
+
+    paths = coco_splits("synthetic", tmp_path, info, prefix="instances", make_split=make_split)
+    assert made == ["train", "val"]
+    assert paths["val"] == (tmp_path / "val", tmp_path / "annotations" / "instances_val.json")
+    with pytest.raises(FileNotFoundError, match=r"person_keypoints_train2017\.json \(--data coco"):
+        coco_splits("coco", tmp_path, info, prefix="person_keypoints")

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from examples.detection import main_job, nms
+from examples.common.comparison import format_report, summarize
+from examples.common.runner import build_optimizer
+from examples.detection import main_job, model, nms
 from examples.detection.config import ModelConfig
-from examples.detection.engine import build_optimizer, config_for_scheme
-from examples.detection.main_job import format_report, plot_curves, summarize
+from examples.detection.task import config_for_scheme
 from examples.detection.model import build_model
 from examples.detection.nms import batched_nms, postprocess_one2many
 from examples.detection.nms import nms as greedy_nms
@@ -141,56 +142,10 @@ def test_the_model_reports_one2many_outputs_in_eval_when_asked() -> None:
     torch.testing.assert_close(both["pred_logits"], plain["pred_logits"], atol=1e-5, rtol=1e-5)
 
 
-# ------------------------------------------------------------------ the report
+# ------------------------------------------------------------------ docstrings and the demo
 
 
-def _fake_curves() -> dict:
-    return {
-        "one2one": {0: [0.01, 0.05, 0.10], 1: [0.02, 0.03, 0.12], 2: [0.00, 0.04, 0.08]},
-        "branch o2o": {0: [0.02, 0.07, 0.11], 1: [0.01, 0.06, 0.10], 2: [0.03, 0.08, 0.13]},
-        "branch o2m+NMS": {0: [0.05, 0.10, 0.15], 1: [0.04, 0.09, 0.16], 2: [0.06, 0.11, 0.14]},
-    }
-
-
-def test_summarize_gives_mean_and_spread_early_and_at_the_end() -> None:
-    summary = summarize(_fake_curves(), early_epoch=2)
-    assert summary["epochs"] == 3 and summary["seeds"] == [0, 1, 2]
-    one2one = summary["lines"]["one2one"]
-    assert one2one["early"]["mean"] == pytest.approx(0.04)
-    assert (one2one["early"]["min"], one2one["early"]["max"]) == (0.03, 0.05)
-    assert one2one["end"]["mean"] == pytest.approx(0.10)
-    # Paired per seed: early +0.02, +0.03, +0.04; end +0.01, -0.02, +0.05.
-    paired = summary["paired"]
-    assert paired["early"]["mean"] == pytest.approx(0.03)
-    assert paired["end"]["min"] == pytest.approx(-0.02) and paired["end"]["max"] == pytest.approx(0.05)
-    assert (paired["ahead_early"], paired["ahead_end"]) == (3, 2)
-    per_epoch = summary["lines"]["branch o2m+NMS"]["per_epoch"]
-    assert [s["max"] for s in per_epoch] == [0.06, 0.11, 0.16]
-
-
-def test_format_report_prints_the_numbers_in_percent() -> None:
-    text = format_report(summarize(_fake_curves(), early_epoch=2), val_images=80)
-    assert "3 seeds [0, 1, 2]" in text and "80 validation images" in text
-    rows = {line[:22].strip(): line[22:] for line in text.splitlines()}
-    assert rows["one2one"].split() == ["4.0", "[3.0,", "5.0]", "10.0", "[8.0,", "12.0]"]
-    assert rows["branch o2o - one2one"].split() == ["+3.0", "[+2.0,", "+4.0]", "+1.3", "[-2.0,", "+5.0]"]
-    assert rows["seeds branch ahead"].split() == ["3", "of", "3", "2", "of", "3"]
-
-
-def test_summarize_rejects_ragged_curves_and_a_bad_early_epoch() -> None:
-    with pytest.raises(ValueError, match="same number of epochs"):
-        summarize({"one2one": {0: [0.1, 0.2], 1: [0.1]}}, early_epoch=1)
-    with pytest.raises(ValueError, match="early_epoch"):
-        summarize(_fake_curves(), early_epoch=4)
-
-
-def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    plot_curves(summarize(_fake_curves(), early_epoch=2), tmp_path / "ap.png")
-    assert (tmp_path / "ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize("module", [nms, main_job], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [nms, model], ids=lambda m: m.__name__)
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -209,7 +164,8 @@ def test_the_demo_end_to_end_on_a_tiny_setting(tmp_path: Path, capsys) -> None:
     assert set(saved["curves"]) == {"one2one", "branch o2o", "branch o2m+NMS"}
     assert all(len(curve) == 2 for line in saved["curves"].values() for curve in line.values())
     # The printed table is the saved run's, recomputed independently of the summary object.
-    expected = format_report(summarize({name: {int(seed): values for seed, values in line.items()}
-                                        for name, line in saved["curves"].items()}, early_epoch=1), val_images=2)
+    curves = {name: {int(seed): values for seed, values in line.items()} for name, line in saved["curves"].items()}
+    expected = format_report(summarize(curves, early_epoch=1, end_epochs=2, hybrid="branch o2o",
+                                       baseline="one2one"), metric="COCO AP", val_images=2)
     assert expected in printed and summary["seeds"] == [0, 1]
     assert "cannot show" in printed

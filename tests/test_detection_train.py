@@ -1,4 +1,6 @@
-"""Training side of examples/detection: criterion, training step per scheme, DDP, resume, COCO eval.
+"""Training side of examples/detection: criterion, training step per scheme, DDP, COCO eval.
+
+(Exact resume of every task is in tests/test_runner.py.)
 
 Everything runs the tiny configuration on the CPU and keeps to a few seconds per test.
 """
@@ -13,14 +15,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from examples.detection.criterion import (
-    SetCriterion,
-    build_criterion,
-    make_weight_dict,
-    sigmoid_focal_loss,
-    total_loss,
-)
-from examples.detection.engine import config_for_scheme, get_args_parser, run, train_step
+from examples.common.criterion import layer_weight_dict
+from examples.common.runner import detr_loss
+from examples.common.training import train_step as common_train_step
+from examples.detection.criterion import WEIGHTS, SetCriterion, build_criterion, sigmoid_focal_loss, total_loss
+from examples.detection.task import config_for_scheme
 from hybridmatch import HungarianMatcher
 
 from .spawn import run_ranks
@@ -100,7 +99,7 @@ def test_criterion_matches_float64_math() -> None:
         assert losses[f"loss_giou{suffix}"].item() == pytest.approx(expected_giou, rel=1e-5)
     assert losses["loss_ce_enc"].item() == pytest.approx(expected_enc_ce, rel=1e-5)
     assert losses["loss_bbox_enc"].item() == pytest.approx(expected_l1, rel=1e-5)
-    assert set(losses) == set(make_weight_dict(2, two_stage=True))
+    assert set(losses) == set(layer_weight_dict(WEIGHTS, 2, encoder=WEIGHTS))
 
 
 def test_focal_loss_is_stable_for_large_logits() -> None:
@@ -117,16 +116,22 @@ def test_batch_without_objects_is_finite_and_differentiable() -> None:
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
     losses = SetCriterion(2, HungarianMatcher())({"pred_logits": logits, "pred_boxes": boxes}, empty)
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
-    total_loss(losses, make_weight_dict(1, two_stage=False)).backward()
+    total_loss(losses, layer_weight_dict(WEIGHTS, 1)).backward()
     assert torch.isfinite(logits.grad).all() and boxes.grad is not None
 
 
 def test_total_loss_refuses_unweighted_keys() -> None:
     with pytest.raises(KeyError, match="loss_ce_7"):
-        total_loss({"loss_ce_7": torch.tensor(1.0)}, make_weight_dict(2))
+        total_loss({"loss_ce_7": torch.tensor(1.0)}, layer_weight_dict(WEIGHTS, 2, encoder=WEIGHTS))
 
 
 # ------------------------------------------------------------------ the tiny model
+
+
+def train_step(model, criterion, weight_dict, images, pixel_mask, targets, optimizer) -> dict[str, float]:
+    """One detection step as the runner takes it: :func:`detr_loss` through the shared step."""
+    return common_train_step(model, detr_loss(criterion, weight_dict, "cpu"), (images, pixel_mask, targets),
+                             optimizer, clip_max_norm=0.1)
 
 
 def _tiny_cfg(scheme: str):
@@ -230,37 +235,6 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate_synthetic_coco(root, num_images=6, image_size=(64, 64), num_classes=NUM_CLASSES, split="train")
     generate_synthetic_coco(root, num_images=3, image_size=(64, 64), num_classes=NUM_CLASSES, split="val")
     return root
-
-
-def _args(root: Path, out: Path, *extra: str):
-    return get_args_parser().parse_args([
-        "--data", "synthetic", "--data-path", str(root), "--config", "tiny", "--batch-size", "2",
-        "--synthetic-train-images", "6", "--synthetic-val-images", "3", "--synthetic-size", "64",
-        "--synthetic-classes", str(NUM_CLASSES), "--output-dir", str(out), "--eval-every", "0",
-        "--quiet", "--device", "cpu", *extra,
-    ])
-
-
-def test_resume_continues_like_an_uninterrupted_run(synthetic_root: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    # The epoch scheme with 2 epochs: epoch 0 one-to-many, epoch 1 one-to-one, so the resumed run
-    # must also restore the scheme's phase.
-    common = ("--scheme", "epoch", "--epochs", "2")
-    straight = run(_args(synthetic_root, tmp_path / "a", *common))
-    run(_args(synthetic_root, tmp_path / "b", *common, "--stop-after", "1"))
-    checkpoint = tmp_path / "b" / "checkpoint.pth"
-    assert torch.load(checkpoint, weights_only=False)["states"]["scheme"]["epoch"] == 1
-    resumed = run(_args(synthetic_root, tmp_path / "b", *common, "--resume", str(checkpoint)))
-
-    assert [r["epoch"] for r in resumed] == [0, 1]
-    assert resumed[1]["train"]["loss"] == pytest.approx(straight[1]["train"]["loss"], rel=1e-6)
-    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(checkpoint, weights_only=False)
-    for name, value in a["model"].items():
-        torch.testing.assert_close(b["model"][name], value, rtol=1e-6, atol=1e-7, msg=name)
-    assert a["states"] == b["states"] and a["lr_scheduler"] == b["lr_scheduler"]
-    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
-    assert len(log) == 2 and '"coco"' in log[1]
 
 
 def test_evaluate_coco_returns_twelve_numbers(synthetic_root: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from examples.detection.config import ModelConfig
-from examples.detection.engine import config_for_scheme
-from examples.pose.criterion import _pair_oks, build_criterion, total_loss
+from examples.common.criterion import total_loss
+from examples.detection.task import config_for_scheme
+from examples.pose.criterion import build_criterion, pair_oks
 from examples.pose.model import build_model, postprocess
 from examples.pose.skeleton import FIGURE
 
@@ -70,7 +71,7 @@ def test_the_mask_keeps_the_groups_apart_in_the_real_decoder() -> None:
     torch.manual_seed(0)
     model = build_model(_config("branch"), J)
     _perturb_heads(model, torch.Generator().manual_seed(3))
-    q1 = model.num_queries_one2one
+    q1 = model.cfg.num_queries_one2one
     images = torch.randn(2, 3, 64, 64)
     both = model(images, one2many=True)
     alone = model(images, one2many=False)
@@ -103,7 +104,7 @@ def test_oks_loss_matches_pycocotools() -> None:
     target[:, 0, 2] = 2.0
     pred = target[..., :2] + torch.randn(4, J, 2, generator=generator) * 2.0
     area = torch.tensor([300.0, 900.0, 150.0, 2000.0])
-    ours = _pair_oks(pred, target, area, torch.tensor(FIGURE.sigmas))
+    ours = pair_oks(pred, target, area, torch.tensor(FIGURE.sigmas))
 
     evaluator = COCOeval(iouType="keypoints")
     evaluator.params.kpt_oks_sigmas = np.array(FIGURE.sigmas)
@@ -158,7 +159,7 @@ def test_keypoint_losses_match_float64_math_on_a_hand_made_case() -> None:
     outputs = {"pred_logits": torch.zeros(1, 3, 1), "pred_boxes": torch.full((1, 3, 4), 0.2),
                "pred_keypoints": pred[None]}
     criterion = PoseCriterion(1, pose_matcher(FIGURE.sigmas), FIGURE.sigmas)
-    losses = criterion.single(outputs, targets, num_boxes=2.0)
+    losses = criterion.layer_losses(outputs, targets, num_boxes=2.0)
 
     sigmas = np.array(FIGURE.sigmas)
     labelled = figure0[:, 2].numpy() > 0

@@ -1,16 +1,14 @@
-"""examples/pose evaluation and training: keypoint AP of perfect and shuffled poses, exact resume,
-the command line and the comparison job."""
+"""examples/pose evaluation: keypoint AP of perfect and shuffled poses, and the sigmas that matter.
+
+Pose's exact resume is in tests/test_runner.py (every task), its comparison in tests/test_comparison.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from examples.pose.engine import get_args_parser, run
 from examples.pose.evaluate import STAT_NAMES, coco_keypoint_stats
 from examples.pose.skeleton import FIGURE
 from examples.pose.synthetic import generate_synthetic_keypoints
@@ -27,9 +25,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ground_truth(root: Path):
-    from examples.detection.data import _load_coco
+    from examples.common.coco import load_coco
 
-    return _load_coco(root / "annotations" / "person_keypoints_val.json")
+    return load_coco(root / "annotations" / "person_keypoints_val.json")
 
 
 def test_perfect_poses_score_ap_1_and_shuffled_joints_score_low(root: Path) -> None:
@@ -65,43 +63,3 @@ def test_cocos_default_sigmas_would_score_differently(root: Path) -> None:
     ours = coco_keypoint_stats(coco, jittered, FIGURE.sigmas)["AP"]
     narrow = coco_keypoint_stats(coco, jittered, [s / 3 for s in FIGURE.sigmas])["AP"]
     assert 0 < narrow < ours
-
-
-def _args(root: Path, out: Path, *extra: str):
-    return get_args_parser().parse_args([
-        "--data", "synthetic", "--data-path", str(root), "--batch-size", "2", "--synthetic-train-images", "6",
-        "--synthetic-val-images", "12", "--val-limit", "4", "--num-queries-one2one", "6",
-        "--num-queries-one2many", "20", "--k", "2", "--output-dir", str(out), "--eval-every", "0", "--quiet",
-        "--device", "cpu", *extra,
-    ])
-
-
-@pytest.mark.slow
-def test_resume_is_exact(root: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    common = ("--scheme", "branch", "--epochs", "2")
-    straight = run(_args(root, tmp_path / "a", *common))
-    run(_args(root, tmp_path / "b", *common, "--stop-after", "1"))
-    checkpoint = tmp_path / "b" / "checkpoint.pth"
-    resumed = run(_args(root, tmp_path / "b", *common, "--resume", str(checkpoint)))
-    assert [r["epoch"] for r in resumed] == [0, 1]
-    assert resumed[1]["train"]["loss"] == pytest.approx(straight[1]["train"]["loss"], rel=1e-6)
-    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)
-    b = torch.load(checkpoint, weights_only=False)
-    for name, value in a["model"].items():
-        torch.testing.assert_close(b["model"][name], value, rtol=1e-6, atol=1e-7, msg=name)
-    assert "coco_kp" in resumed[1] and set(resumed[1]["coco_kp"]) == set(STAT_NAMES)
-
-
-@pytest.mark.slow
-def test_main_job_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from examples.pose.main_job import main
-
-    summary = main(["--seeds", "0", "--epochs", "1", "--workers", "1", "--train-images", "4", "--val-images", "4",
-                    "--num-queries-one2one", "6", "--num-queries-one2many", "20", "--k", "2",
-                    "--output-dir", str(tmp_path), "--quiet"])
-    printed = capsys.readouterr().out
-    assert "COCO keypoint AP" in printed and "branch o2o - one2one" in printed
-    assert set(summary["lines"]) == {"one2one", "branch o2o"}
-    assert (tmp_path / "pose_ap.png").is_file()
-    assert json.loads((tmp_path / "pose.json").read_text())["epochs"] == 1

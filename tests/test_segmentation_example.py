@@ -1,4 +1,6 @@
-"""examples.segmentation: masks through repeat_targets and the matcher, memory, the model, data, AP, resume."""
+"""examples.segmentation: masks through repeat_targets and the matcher, memory, the model, data, AP, the demo.
+
+Exact resume of every task is in tests/test_runner.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from examples.detection.config import ModelConfig
-from examples.detection.criterion import total_loss
+from examples.common.criterion import total_loss
 from examples.segmentation.criterion import MaskSetCriterion, build_criterion, read_masks_at
 from examples.segmentation.data import CocoInstanceSegmentation, collate_fn
 from examples.segmentation.evaluate import coco_segm_stats, encode_mask
@@ -249,35 +251,6 @@ def test_perfect_predictions_score_ap_one_and_a_wrong_mask_less(tmp_path: Path) 
     wrong[0]["segmentation"] = encode_mask(np.roll(coco.annToMask(coco.dataset["annotations"][0]), 9, axis=1))
     assert coco_segm_stats(coco, wrong)["AP"] < 1.0
     assert coco_segm_stats(coco, [])["AP"] <= 0.0
-
-
-# ------------------------------------------------------------------ training: exact resume
-
-
-def _train(tmp_path: Path, name: str, *extra: str) -> list[dict]:
-    from examples.segmentation.engine import cleanup_distributed, get_args_parser, run
-
-    args = get_args_parser().parse_args([
-        "--data-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / name), "--epochs", "2",
-        "--synthetic-train-images", "8", "--synthetic-val-images", "4", "--synthetic-max-objects", "6",
-        "--batch-size", "4", "--num-points", "64", "--scheme", "branch", "--k", "2", "--device", "cpu",
-        "--quiet", "--num-queries-one2one", "10", "--num-queries-one2many", "20", *extra])
-    try:
-        return run(args)
-    finally:
-        cleanup_distributed()
-
-
-@pytest.mark.slow
-def test_resume_is_exact(tmp_path: Path) -> None:
-    full = _train(tmp_path, "full")
-    _train(tmp_path, "split", "--stop-after", "1")
-    resumed = _train(tmp_path, "split", "--resume", str(tmp_path / "split" / "checkpoint.pth"))
-    assert [r["train"] for r in resumed] == [r["train"] for r in full]
-    assert resumed[-1]["segm"] == full[-1]["segm"]
-    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=False)["model"]
-    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=False)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_postprocess_crops_the_padding_and_ranks_by_class_and_mask_scores() -> None:

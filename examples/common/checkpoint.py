@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,7 +107,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     lr_scheduler: Any = None, scaler: torch.amp.GradScaler | None = None,
                     states: Mapping[str, Stateful | None] | None = None, info: DistInfo | None = None,
-                    restore_rng: bool = True) -> dict[str, Any]:
+                    restore_rng: bool = True,
+                    check: Callable[[Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
     """Load :func:`save_checkpoint`'s state into the given objects; return the checkpoint dict.
 
     Args:
@@ -118,6 +119,8 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         info: this process's rank (its own RNG state is restored).
         restore_rng: put back the RNG state of this rank; skipped when the checkpoint was
             written by a different number of processes.
+        check: called with the checkpoint dict before anything is loaded; raises to refuse it
+            (e.g. :func:`examples.common.runner.check_resumable`).
 
     Returns:
         dict: ``epoch`` (the last finished one), ``history``, ``args`` and the raw states.
@@ -127,6 +130,8 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
             message names it and what the checkpoint has).
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if check is not None:
+        check(state)
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])

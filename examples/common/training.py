@@ -126,18 +126,26 @@ class Progress:
 
 def train_one_epoch(model: nn.Module, loss_fn: LossFn, loader: Iterable, optimizer: torch.optim.Optimizer,
                     info: DistInfo, epoch: int, *, scaler: torch.amp.GradScaler | None = None,
-                    clip_max_norm: float = 0.0, progress: bool = True) -> dict[str, float]:
-    """Train one epoch; return every logged number averaged over the steps (and the ranks)."""
+                    clip_max_norm: float = 0.0, progress: bool = True,
+                    on_step: Callable[[int, int, int, Mapping[str, float]], None] | None = None) -> dict[str, float]:
+    """Train one epoch; return every logged number averaged over the steps (and the ranks).
+
+    ``on_step(epoch, step, steps, record)`` is called after each step (1-based ``step`` of
+    ``steps``) with the step's :func:`train_step` record, e.g. to report progress.
+    """
     model.train()
     sums: dict[str, float] = {}
     steps = 0
-    bar = Progress(len(loader), f"epoch {epoch}", enabled=progress and info.is_main)  # type: ignore[arg-type]
+    total = len(loader)  # type: ignore[arg-type]
+    bar = Progress(total, f"epoch {epoch}", enabled=progress and info.is_main)
     for batch in loader:
         record = train_step(model, loss_fn, batch, optimizer, scaler=scaler, clip_max_norm=clip_max_norm)
         steps += 1
         for key, value in record.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.update(steps, f"loss {record['loss']:.3f}")
+        if on_step is not None:
+            on_step(epoch, steps, total, record)
     return all_reduce_mean({key: value / max(steps, 1) for key, value in sums.items()}, info)
 
 
@@ -150,7 +158,9 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
         stop_after: int | None = None, history: list[dict[str, Any]] | None = None,
         record_extra: Mapping[str, Any] | None = None, args: Any = None,
         describe: Callable[[Mapping[str, Any]], str] | None = None,
-        progress: bool = True) -> list[dict[str, Any]]:
+        progress: bool = True,
+        on_step: Callable[[int, int, int, Mapping[str, float]], None] | None = None,
+        on_record: Callable[[Mapping[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train epochs ``start_epoch .. epochs - 1``; log, evaluate and checkpoint after each.
 
     Per epoch: ``loader.sampler.set_epoch(epoch)`` when the sampler has it, one
@@ -178,6 +188,8 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
         args: the run's arguments, stored in the checkpoint.
         describe: ``describe(record) -> str`` appended to the per-epoch line on stderr.
         progress: show a progress bar (main rank).
+        on_step: passed to :func:`train_one_epoch` (called after every step).
+        on_record: called with each epoch's record after it is logged (main rank).
 
     Returns:
         The history: every record so far, the resumed ones included. A record holds
@@ -195,7 +207,7 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
             sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         means = train_one_epoch(train_model, loss_fn, loader, optimizer, info, epoch, scaler=scaler,
-                                clip_max_norm=clip_max_norm, progress=progress)
+                                clip_max_norm=clip_max_norm, progress=progress, on_step=on_step)
         if lr_scheduler is not None:
             lr_scheduler.step()
         if on_epoch_end is not None:
@@ -218,6 +230,8 @@ def fit(*, model: nn.Module, loss_fn: LossFn, loader: Any, optimizer: torch.opti
                 note = describe(record) if describe is not None else ""
                 print(f"epoch {epoch}: loss {means.get('loss', float('nan')):.4f}{note} ({train_time:.1f}s)",
                       file=sys.stderr)
+            if on_record is not None:
+                on_record(record)
         save_checkpoint(run_dir.checkpoint, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                         scaler=scaler, states=states, epoch=epoch, info=info, args=args, history=history)
     return history

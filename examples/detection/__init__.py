@@ -9,7 +9,7 @@ Modules: :mod:`.config` (``ModelConfig``), :mod:`.model` (``build_model``,
 ``postprocess``), :mod:`.backbone`, :mod:`.position_encoding`,
 :mod:`.deformable_attention`, :mod:`.transformer`; data, criterion and training
 live in their own modules (:mod:`.criterion`, :mod:`.data`, :mod:`.synthetic`,
-:mod:`.evaluate`, :mod:`.nms`), training in :mod:`.engine` on top of
-:mod:`examples.common`, the demo in :mod:`.main_job`. Nothing is imported here, so each
-module loads only what it needs.
+:mod:`.evaluate`, :mod:`.nms`); :mod:`.task` is the spec that :mod:`examples.common` runs
+(:mod:`.train`) and compares (:mod:`.main_job`, ``make demo``). Nothing is imported here, so
+each module loads only what it needs.
 """

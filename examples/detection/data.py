@@ -36,11 +36,8 @@ either a resize of the shorter side to a random scale (longer side capped at
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +47,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from hybridmatch.boxes import box_xyxy_to_cxcywh
+
+from examples.common.coco import load_coco
 
 __all__ = [
     "COCO_SCALES",
@@ -376,18 +375,6 @@ def make_transforms(
 # ---------------------------------------------------------------------------
 
 
-def _load_coco(annotation_file: Path) -> Any:
-    try:
-        from pycocotools.coco import COCO
-    except ImportError:
-        raise ImportError(
-            "examples.detection.data needs pycocotools: pip install 'hybridmatch[examples]'"
-        ) from None
-    # pycocotools prints progress lines on stdout; keep training logs clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
-
-
 class CocoDetection(Dataset):
     """A COCO instances file and its image folder as ``(image, target)`` pairs.
 
@@ -423,7 +410,7 @@ class CocoDetection(Dataset):
             raise FileNotFoundError(f"annotation_file {str(annotation_file)!r} does not exist")
         self.annotation_file = annotation_file
         self.transforms = transforms
-        self.coco = _load_coco(annotation_file)
+        self.coco = load_coco(annotation_file)
         self.image_ids: list[int] = sorted(self.coco.imgs.keys())
         category_ids = sorted(self.coco.cats.keys())
         self.category_to_label: dict[int, int] = {cid: label for label, cid in enumerate(category_ids)}

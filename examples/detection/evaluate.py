@@ -8,19 +8,20 @@ the data set's category ids, gathers every rank's detections to rank 0 and runs
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from examples.common.coco import BOX_STAT_NAMES, coco_api, coco_stats, gather_results, label_to_category, on_main_rank
+from examples.common.distributed import unwrap
 
 __all__ = ["STAT_NAMES", "evaluate_coco", "evaluate_heads", "format_ap_table", "format_side_by_side", "predict"]
 
 #: The names of ``COCOeval.stats``, in its order.
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = BOX_STAT_NAMES
 
 _DESCRIPTIONS = {
     "AP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]",
@@ -36,29 +37,6 @@ _DESCRIPTIONS = {
     "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
     "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
 }
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _coco_api(dataset: Any) -> Any:
-    """The pycocotools ``COCO`` object of a data set (``dataset.coco``, or built from its file)."""
-    for owner in (dataset, getattr(dataset, "dataset", None)):  # a torch Subset wraps it
-        if owner is not None and getattr(owner, "coco", None) is not None:
-            return owner.coco
-    raise TypeError(
-        f"evaluate_coco needs a data set with a pycocotools COCO object as .coco "
-        f"(examples.detection.data.CocoDetection), got {type(dataset).__name__}"
-    )
-
-
-def _label_to_category(dataset: Any) -> Mapping[int, int]:
-    for owner in (dataset, getattr(dataset, "dataset", None)):
-        mapping = getattr(owner, "label_to_category", None)
-        if mapping is not None:
-            return mapping
-    raise TypeError(f"{type(dataset).__name__} has no label_to_category mapping (contiguous label -> category id)")
 
 
 Postprocess = Callable[..., list]
@@ -83,9 +61,9 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
     """
     was_training = model.training
     model.eval()
-    label_to_category = _label_to_category(dataset)
+    categories = label_to_category(dataset)
     if heads is None:
-        postprocess = getattr(_unwrap(model), "postprocess", None)
+        postprocess = getattr(unwrap(model), "postprocess", None)
         if postprocess is None:  # the example's detector exposes it as a module function
             from .model import postprocess
         heads = {"coco": postprocess}
@@ -108,54 +86,11 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
                     for box, score, label in zip(boxes.tolist(), found["scores"].float().cpu().tolist(),
                                                  found["labels"].cpu().tolist()):
                         results[name].append({"image_id": image_id,
-                                              "category_id": int(label_to_category[int(label)]),
+                                              "category_id": int(categories[int(label)]),
                                               "bbox": [round(v, 3) for v in box], "score": float(score)})
     finally:
         model.train(was_training)
     return results, image_ids
-
-
-def _gather(results: list[dict[str, Any]], image_ids: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return results, image_ids
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (results, image_ids))
-    if dist.get_rank() != 0:
-        return [], []
-    # A DistributedSampler pads the last ranks with repeated images: keep each image once.
-    merged: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    all_ids: list[int] = []
-    for rank_results, rank_ids in gathered:
-        fresh = set(rank_ids) - seen
-        merged.extend(r for r in rank_results if r["image_id"] in fresh)
-        seen |= fresh
-        all_ids.extend(i for i in rank_ids if i in fresh)
-    return merged, all_ids
-
-
-def _coco_stats(dataset: Any, results: list[dict[str, Any]], image_ids: list[int], verbose: bool) -> list[float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = _coco_api(dataset)
-    # pycocotools reports progress on stdout; keep it unless asked for.
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        if results:
-            detections = gt.loadRes(results)
-        else:  # loadRes cannot take an empty list; no detections score 0 (-1 where no GT).
-            detections = COCO()
-            detections.dataset = {"images": list(gt.dataset["images"]),
-                                  "categories": list(gt.dataset.get("categories", [])), "annotations": []}
-            detections.createIndex()
-        evaluator = COCOeval(gt, detections, iouType="bbox")
-        if image_ids:
-            evaluator.params.imgIds = sorted(set(image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return [float(v) for v in evaluator.stats]
 
 
 def evaluate_heads(model: nn.Module, loader: Iterable, dataset: Any, heads: Mapping[str, Postprocess],
@@ -179,17 +114,11 @@ def evaluate_heads(model: nn.Module, loader: Iterable, dataset: Any, heads: Mapp
 
     per_head, image_ids = predict(model, loader, dataset, device, top_k=top_k, amp=amp, heads=heads,
                                   one2many=one2many)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     out: dict[str, dict[str, float]] = {}
     for name, results in per_head.items():
-        results, ids = _gather(results, image_ids)
-        stats = [0.0] * len(STAT_NAMES)
-        if not distributed or dist.get_rank() == 0:
-            stats = _coco_stats(dataset, results, ids, verbose)
-        if distributed:
-            box = [stats]
-            dist.broadcast_object_list(box, src=0)
-            stats = box[0]
+        results, ids = gather_results(results, image_ids)
+        score = functools.partial(coco_stats, coco_api(dataset), results, "bbox", ids, verbose=verbose)
+        stats = on_main_rank(score, [0.0] * len(STAT_NAMES))
         out[name] = dict(zip(STAT_NAMES, stats))
     return out
 
@@ -215,7 +144,7 @@ def evaluate_coco(model: nn.Module, loader: Iterable, dataset: Any, device: torc
         are 0 wherever there is ground truth. Under ``torch.distributed`` every rank must call
         it; all ranks get the same numbers (computed on rank 0, broadcast).
     """
-    postprocess = getattr(_unwrap(model), "postprocess", None)
+    postprocess = getattr(unwrap(model), "postprocess", None)
     if postprocess is None:
         from .model import postprocess
     return evaluate_heads(model, loader, dataset, {"coco": postprocess}, device, top_k=top_k, amp=amp,

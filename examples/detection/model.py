@@ -24,6 +24,7 @@ loss, boxes cxcywh normalised to the image's own size):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from .config import ModelConfig
 from .position_encoding import PositionEmbeddingSine
 from .transformer import DeformableTransformer
 
-__all__ = ["HDeformableDETR", "build_model", "postprocess"]
+__all__ = ["HDeformableDETR", "add_query_outputs", "build_model", "postprocess"]
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -172,6 +173,39 @@ def _check_inputs(images: object, pixel_mask: object) -> None:
             f"HDeformableDETR: pixel_mask must be a bool Tensor{list(expected)} (True = padding) "
             f"matching images {tuple(images.shape)}, got {got}"
         )
+
+
+def add_query_outputs(outputs: dict, key: str, per_layer: Sequence[Tensor], num_queries_one2one: int) -> dict:
+    """Put a per-query head's output of every decoder layer into the detector's output layout.
+
+    A task head (keypoints, masks) computes one tensor per decoder layer over all the
+    queries; the first ``num_queries_one2one`` rows are the one-to-one group, the rest the
+    hybrid branch's one-to-many group. This writes ``outputs[key]`` (last layer, one-to-one),
+    ``outputs["aux_outputs"][i][key]`` (earlier layers) and, when the one-to-many group ran
+    (``pred_logits_one2many`` is there), ``outputs[key + "_one2many"]`` and
+    ``outputs["aux_outputs_one2many"][i][key]``.
+
+    Args:
+        outputs: the detector's output dict (changed in place and returned).
+        key: the head's output name, e.g. ``"pred_keypoints"``.
+        per_layer: L tensors ``(B, Q1 [+ Q2], ...)``, first decoder layer first.
+        num_queries_one2one: ``Q1``.
+
+    Example:
+        >>> outputs = {"aux_outputs": [{}], "pred_logits_one2many": None, "aux_outputs_one2many": [{}]}
+        >>> layers = [torch.arange(5).view(1, 5), 10 + torch.arange(5).view(1, 5)]
+        >>> out = add_query_outputs(outputs, "pred_x", layers, 2)
+        >>> out["pred_x"], out["pred_x_one2many"], out["aux_outputs"][0]["pred_x"]
+        (tensor([[10, 11]]), tensor([[12, 13, 14]]), tensor([[0, 1]]))
+    """
+    outputs[key] = per_layer[-1][:, :num_queries_one2one]
+    for aux, layer in zip(outputs["aux_outputs"], per_layer[:-1]):
+        aux[key] = layer[:, :num_queries_one2one]
+    if "pred_logits_one2many" in outputs:
+        outputs[f"{key}_one2many"] = per_layer[-1][:, num_queries_one2one:]
+        for aux, layer in zip(outputs["aux_outputs_one2many"], per_layer[:-1]):
+            aux[key] = layer[:, num_queries_one2one:]
+    return outputs
 
 
 def build_model(cfg: ModelConfig) -> HDeformableDETR:

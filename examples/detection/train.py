@@ -1,44 +1,25 @@
-"""Train or evaluate H-Deformable-DETR with hybrid matching.
+"""``python -m examples.detection.train``: train or evaluate H-Deformable-DETR with hybrid matching.
 
-Single process (CPU or one GPU)::
-
-    python -m examples.detection.train --data synthetic --data-path data/synthetic \\
-        --scheme branch --config tiny --epochs 12 --output-dir outputs/branch
-
-Several GPUs (one process each; gloo instead of NCCL on CPU-only machines)::
-
+    python -m examples.detection.train --data synthetic --scheme branch --config tiny --epochs 12 --output-dir out/
     torchrun --nproc_per_node 8 -m examples.detection.train --data coco --data-path /data/coco \\
         --scheme branch --config r50 --backbone-weights r50.pth --amp --batch-size 2
 
-Resume with ``--resume OUTPUT_DIR/checkpoint.pth`` (same arguments), evaluate a checkpoint
-with ``--eval-only --resume ...``. Every epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``;
-``--eval-one2many`` (branch) also scores the one-to-many queries with NMS. The loop, checkpoints,
-logs and shared arguments are :mod:`examples.common`'s.
+:func:`examples.common.runner.main` of :data:`examples.detection.task.TASK`; ``--eval-one2many``
+(branch) also scores the one-to-many queries with NMS. ``--help`` lists every option.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 
-from examples.common import check_training_args
+from examples.common.runner import main as run_main
 
-from .engine import cleanup_distributed, get_args_parser, run
+from .task import TASK
 
 __all__ = ["main"]
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command line and run."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_training_args(parser, args)
-    if args.eval_only and args.resume is None:
-        print("--eval-only without --resume evaluates an untrained model")
-    try:
-        run(args)
-    finally:
-        cleanup_distributed()
-
+#: ``main(argv=None)``: Parse the command line and run; return the per-epoch history.
+main = functools.partial(run_main, TASK)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ a criterion whose matcher combines class, keypoint L1 and OKS costs
 * :mod:`.model`: :class:`~examples.pose.model.PoseDETR` and :func:`~examples.pose.model.postprocess`;
 * :mod:`.criterion`: :class:`~examples.pose.criterion.PoseCriterion`, :func:`~examples.pose.criterion.build_criterion`;
 * :mod:`.evaluate`: pycocotools keypoint AP (``iouType="keypoints"``) with the same sigmas;
-* :mod:`.engine` / :mod:`.train`: a run (``python -m examples.pose.train``, torchrun too);
-* :mod:`.main_job`: the one-to-one vs hybrid-branch comparison (``make pose-demo``).
+* :mod:`.task`: the spec :mod:`examples.common` runs: :mod:`.train` (``python -m
+  examples.pose.train``, torchrun too) and :mod:`.main_job`, the one-to-one vs hybrid-branch
+  comparison (``make pose-demo``).
 """

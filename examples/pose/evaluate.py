@@ -9,17 +9,13 @@ OKS loss use. It returns the 10 standard numbers by name (:data:`STAT_NAMES`).
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from examples.detection.evaluate import _coco_api, _gather, _label_to_category
+from examples.common.coco import coco_api, coco_stats, gather_results, label_to_category, on_main_rank
 
 __all__ = ["STAT_NAMES", "coco_keypoint_stats", "evaluate_keypoints", "predict_keypoints"]
 
@@ -40,7 +36,7 @@ def predict_keypoints(model: nn.Module, loader: Iterable, dataset: Any, device: 
 
     was_training = model.training
     model.eval()
-    category = int(_label_to_category(dataset)[0])
+    category = int(label_to_category(dataset)[0])
     device = torch.device(device)
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
@@ -73,26 +69,8 @@ def coco_keypoint_stats(coco_gt: Any, results: list[dict[str, Any]], sigmas: Seq
     Returns:
         ``{name: value}`` for :data:`STAT_NAMES`; no results score 0 (-1 where there is no ground truth).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        if results:
-            detections = coco_gt.loadRes(results)
-        else:
-            detections = COCO()
-            detections.dataset = {"images": list(coco_gt.dataset["images"]),
-                                  "categories": list(coco_gt.dataset.get("categories", [])), "annotations": []}
-            detections.createIndex()
-        evaluator = COCOeval(coco_gt, detections, iouType="keypoints")
-        evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        if image_ids:
-            evaluator.params.imgIds = sorted(set(image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats)))
+    stats = coco_stats(coco_gt, results, "keypoints", image_ids, keypoint_sigmas=sigmas, verbose=verbose)
+    return dict(zip(STAT_NAMES, stats))
 
 
 def evaluate_keypoints(model: nn.Module, loader: Iterable, dataset: Any, sigmas: Sequence[float],
@@ -100,13 +78,6 @@ def evaluate_keypoints(model: nn.Module, loader: Iterable, dataset: Any, sigmas:
                        verbose: bool = False) -> dict[str, float]:
     """COCO keypoint AP/AR of ``model`` on ``loader``'s images (every rank gets rank 0's numbers)."""
     results, image_ids = predict_keypoints(model, loader, dataset, device, top_k=top_k, one2many=one2many)
-    results, image_ids = _gather(results, image_ids)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    stats = dict.fromkeys(STAT_NAMES, 0.0)
-    if not distributed or dist.get_rank() == 0:
-        stats = coco_keypoint_stats(_coco_api(dataset), results, sigmas, image_ids, verbose)
-    if distributed:
-        box = [stats]
-        dist.broadcast_object_list(box, src=0)
-        stats = box[0]
-    return stats
+    results, image_ids = gather_results(results, image_ids)
+    return on_main_rank(lambda: coco_keypoint_stats(coco_api(dataset), results, sigmas, image_ids, verbose),
+                        dict.fromkeys(STAT_NAMES, 0.0))

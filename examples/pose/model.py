@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from examples.detection.config import ModelConfig
-from examples.detection.model import HDeformableDETR
+from examples.detection.model import HDeformableDETR, add_query_outputs
 from examples.detection.transformer import MLP, inverse_sigmoid
 from hybridmatch import ShapeError
 
@@ -70,14 +70,6 @@ class PoseDETR(nn.Module):
     def _capture_layer(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         self._captured["hidden"].append(output)
 
-    @property
-    def num_queries_one2one(self) -> int:
-        return self.cfg.num_queries_one2one
-
-    @property
-    def num_queries_one2many(self) -> int:
-        return self.cfg.num_queries_one2many
-
     def forward(self, images: Tensor, pixel_mask: Tensor | None = None, *, one2many: bool | None = None) -> dict:
         """Detect people and their keypoints in a padded batch.
 
@@ -98,15 +90,7 @@ class PoseDETR(nn.Module):
             delta = head(hidden).view(batch, queries, self.num_joints, 2)
             keypoints = (delta + inverse_sigmoid(keypoints.detach())).sigmoid()
             per_layer.append(keypoints)
-        one2one = self.cfg.num_queries_one2one
-        outputs["pred_keypoints"] = per_layer[-1][:, :one2one]
-        for aux, layer in zip(outputs["aux_outputs"], per_layer[:-1]):
-            aux["pred_keypoints"] = layer[:, :one2one]
-        if "pred_logits_one2many" in outputs:
-            outputs["pred_keypoints_one2many"] = per_layer[-1][:, one2one:]
-            for aux, layer in zip(outputs["aux_outputs_one2many"], per_layer[:-1]):
-                aux["pred_keypoints"] = layer[:, one2one:]
-        return outputs
+        return add_query_outputs(outputs, "pred_keypoints", per_layer, self.cfg.num_queries_one2one)
 
 
 def build_model(cfg: ModelConfig, num_joints: int) -> PoseDETR:

@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from examples.common.shapes import PNG_COMPRESS_LEVEL
+
 from .skeleton import FIGURE
 
 __all__ = ["generate_synthetic_keypoints", "main", "render_figure_image"]
 
 CATEGORY_ID = 1
-PNG_COMPRESS_LEVEL = 6
 
 
 def _pose(rng: np.random.Generator, cx: float, cy: float, height: float) -> np.ndarray:

@@ -1,39 +1,21 @@
-"""Train or evaluate the keypoint DETR with hybrid matching.
-
-Single process (CPU or one GPU)::
-
-    python -m examples.pose.train --data synthetic --scheme branch --epochs 12 --output-dir outputs/pose
-
-Several processes (one per GPU; gloo on CPU-only machines)::
-
-    torchrun --nproc_per_node 8 -m examples.pose.train --data coco --data-path /data/coco \\
-        --scheme branch --config r50 --backbone-weights r50.pth --amp --batch-size 2
-
-Resume with ``--resume OUTPUT_DIR/checkpoint.pth`` (same arguments); evaluate a checkpoint
-with ``--eval-only --resume ...``. Every epoch appends a JSON line to ``OUTPUT_DIR/log.jsonl``.
+"""``python -m examples.pose.train``: the keypoint DETR, e.g. ``--data synthetic --scheme branch
+--epochs 12 --output-dir outputs/pose``, or under ``torchrun`` on COCO keypoints (``--data coco
+--data-path /data/coco --config r50``). The run is :func:`examples.common.runner.main` of
+:data:`examples.pose.task.TASK` (resume, ``--eval-only``, logs: see :mod:`examples.common.runner`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 
-from examples.common import check_training_args
+from examples.common.runner import main as run_main
 
-from .engine import cleanup_distributed, get_args_parser, run
+from .task import TASK
 
 __all__ = ["main"]
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command line and run."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_training_args(parser, args)
-    try:
-        run(args)
-    finally:
-        cleanup_distributed()
-
+#: ``main(argv=None)``: Parse the command line and run; return the per-epoch history.
+main = functools.partial(run_main, TASK)
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ the repository root, e.g. ``python -m examples.segmentation.train --help``.
 Modules: :mod:`.model` (``build_model``), :mod:`.criterion` (point-sampled mask losses and
 costs, ``build_criterion``), :mod:`.data` (COCO instance masks, polygons and RLE),
 :mod:`.synthetic` (a seeded dense shapes set with instance masks), :mod:`.evaluate`
-(pycocotools ``segm`` AP), :mod:`.engine` / :mod:`.train` (training on
-:mod:`examples.common`), :mod:`.main_job` (``make segmentation-demo``). Nothing is imported
-here, so each module loads only what it needs.
+(pycocotools ``segm`` AP), :mod:`.task` (the spec :mod:`examples.common` runs: :mod:`.train`
+and :mod:`.main_job`, ``make segmentation-demo``). Nothing is imported here, so each module
+loads only what it needs.
 """

@@ -1,9 +1,9 @@
 """Losses of the segmentation DETR: Mask2Former's point-sampled mask losses, hybrid-wrapped.
 
-:class:`MaskSetCriterion` extends the detection example's
-:class:`~examples.detection.criterion.SetCriterion` (focal class loss, optional L1 + GIoU box
-losses) with Mask2Former's mask losses, for the final layer, every ``aux_outputs[i]``
-(suffix ``_{i}``) and, class and boxes only, the two-stage ``enc_outputs`` (``_enc``):
+:class:`MaskSetCriterion` extends :class:`examples.common.criterion.SetCriterion` (DETR's loop
+over layers, focal class loss, optional L1 + GIoU box losses) with Mask2Former's mask losses
+per decoder layer, for the final layer and every ``aux_outputs[i]`` (suffix ``_{i}``); the
+two-stage ``enc_outputs`` (``_enc``) get class and box losses only:
 
 * **matching** on one point sample per image: ``P`` uniform points are drawn per image
   (torch's global stream, so a resumed run draws the same ones); every predicted mask and
@@ -43,19 +43,25 @@ import hybridmatch
 from hybridmatch import Cost, FocalClassCost, GIoUCost, Hungarian, L1BoxCost, Matcher
 from hybridmatch.costs import bce_cost_on_points, dice_cost_on_points, point_sample, sample_points
 
-from examples.detection.criterion import SCHEMES, SetCriterion, _flat_indices
-from examples.detection.criterion import build_criterion as build_detection_criterion
+from examples.common.criterion import (
+    Matches,
+    SetCriterion,
+    flat_indices,
+    hybrid_criterion,
+    layer_weight_dict,
+    scheme_for,
+)
 
 __all__ = [
+    "ENCODER_WEIGHTS",
     "MaskSetCriterion",
     "PointBCECost",
     "PointDiceCost",
     "build_criterion",
-    "make_weight_dict",
+    "layer_weights",
     "read_masks_at",
 ]
 
-Matches = list[tuple[Tensor, Tensor]]
 
 
 class PointDiceCost(Cost):
@@ -135,6 +141,8 @@ class MaskSetCriterion(SetCriterion):
         oversample_ratio, importance_sample_ratio (float): Mask2Former's 3 and 0.75.
     """
 
+    output_keys = ("pred_logits", "pred_boxes", "pred_masks")
+
     def __init__(self, num_classes: int, *, cost_class: float = 2.0, cost_mask: float = 5.0,
                  cost_dice: float = 5.0, cost_bbox: float = 0.0, cost_giou: float = 0.0,
                  box_loss: bool = True, num_points: int = 256, num_loss_points: int = 256,
@@ -144,8 +152,9 @@ class MaskSetCriterion(SetCriterion):
             cost = cost + cost_bbox * L1BoxCost()
         if cost_giou:
             cost = cost + cost_giou * GIoUCost()
-        super().__init__(num_classes, Matcher(cost, Hungarian()))
-        self.box_matcher = hybridmatch.HungarianMatcher(2.0, 5.0, 2.0)  # enc_outputs: no masks
+        # The encoder proposals have no masks: matched on class and boxes.
+        super().__init__(num_classes, Matcher(cost, Hungarian()),
+                         encoder_matcher=hybridmatch.HungarianMatcher(2.0, 5.0, 2.0))
         self.match_boxes = bool(cost_bbox or cost_giou)
         self.box_loss = box_loss
         self.num_points = num_points
@@ -185,7 +194,7 @@ class MaskSetCriterion(SetCriterion):
                    indices: Matches, num_masks: float) -> dict[str, Tensor]:
         """``loss_mask`` and ``loss_dice`` of the matched pairs on importance-sampled points, / ``num_masks``."""
         pred = outputs["pred_masks"]
-        batch_idx, query_idx = _flat_indices(indices, pred.device)
+        batch_idx, query_idx = flat_indices(indices, pred.device)
         matched = pred[batch_idx, query_idx][:, None].float()  # (n, 1, h, w); n = 0 keeps the graph
         count, keep = len(batch_idx), self.num_loss_points
         important = int(self.importance_sample_ratio * keep)
@@ -206,40 +215,14 @@ class MaskSetCriterion(SetCriterion):
         dice = 1 - (2 * (probs * wanted_values).sum(1) + 1) / (probs.sum(1) + wanted_values.sum(1) + 1)
         return {"loss_mask": loss_mask / num_masks, "loss_dice": dice.sum() / num_masks}
 
-    def single(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]],
-               num_boxes: float) -> dict[str, Tensor]:
-        """The losses of one decoder layer's outputs."""
+    def layer_losses(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]],
+                     num_boxes: float) -> dict[str, Tensor]:
+        """The losses of one decoder layer: class, masks (and boxes) of the pairs :meth:`match` makes."""
         indices = self.match(outputs, targets)
         losses = {"loss_ce": self.loss_labels(outputs, targets, indices, num_boxes)}
         losses.update(self.loss_masks(outputs, targets, indices, num_boxes))
         if self.box_loss:
             losses.update(self.loss_boxes(outputs, targets, indices, num_boxes))
-        return losses
-
-    def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        """Losses of the final layer, of each ``aux_outputs[i]`` (``_{i}``) and of ``enc_outputs`` (``_enc``).
-
-        Args:
-            outputs: ``pred_logits``, ``pred_masks``, ``pred_boxes``, optionally
-                ``aux_outputs`` (such dicts) and ``enc_outputs`` (logits and boxes).
-            targets: B dicts with ``labels``, ``masks`` and ``boxes`` (see :meth:`match`).
-
-        Returns:
-            dict[str, Tensor]: unweighted scalar losses.
-        """
-        num_masks = hybridmatch.global_num_boxes(targets)
-        final = {key: outputs[key] for key in ("pred_logits", "pred_boxes", "pred_masks") if key in outputs}
-        losses = self.single(final, targets, num_masks)
-        for i, layer in enumerate(outputs.get("aux_outputs") or []):
-            for key, value in self.single(layer, targets, num_masks).items():
-                losses[f"{key}_{i}"] = value
-        enc = outputs.get("enc_outputs")
-        if enc is not None:
-            agnostic = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            indices = self.box_matcher(enc, agnostic)
-            losses["loss_ce_enc"] = self.loss_labels(enc, agnostic, indices, num_masks)
-            for key, value in self.loss_boxes(enc, agnostic, indices, num_masks).items():
-                losses[f"{key}_enc"] = value
         return losses
 
 
@@ -251,59 +234,46 @@ def _starts(indices: Matches) -> list[int]:
     return starts
 
 
-def make_weight_dict(num_decoder_layers: int, *, two_stage: bool = True, box_loss: bool = True,
-                     ce: float = 2.0, mask: float = 5.0, dice: float = 5.0, bbox: float = 5.0,
-                     giou: float = 2.0) -> dict[str, float]:
-    """Loss weights for every key :class:`MaskSetCriterion` returns (Mask2Former: ce 2, mask 5, dice 5).
+def layer_weights(*, box_loss: bool = True, ce: float = 2.0, mask: float = 5.0, dice: float = 5.0, bbox: float = 5.0,
+            giou: float = 2.0) -> dict[str, float]:
+    """Loss weights of one decoder layer (Mask2Former: ce 2, mask 5, dice 5; boxes 5 and 2).
 
     Example:
-        >>> sorted(make_weight_dict(2, two_stage=False, box_loss=False))
-        ['loss_ce', 'loss_ce_0', 'loss_dice', 'loss_dice_0', 'loss_mask', 'loss_mask_0']
+        >>> layer_weights(box_loss=False)
+        {'loss_ce': 2.0, 'loss_mask': 5.0, 'loss_dice': 5.0}
     """
     base = {"loss_ce": ce, "loss_mask": mask, "loss_dice": dice}
     if box_loss:
         base.update({"loss_bbox": bbox, "loss_giou": giou})
-    weights = dict(base)
-    for i in range(num_decoder_layers - 1):
-        weights.update({f"{key}_{i}": value for key, value in base.items()})
-    if two_stage:
-        weights.update({"loss_ce_enc": ce, "loss_bbox_enc": bbox, "loss_giou_enc": giou})
-    return weights
+    return base
 
 
-def build_criterion(scheme: str, cfg: Any, *, k: int | None = None, lambda_one2many: float = 1.0,
-                    epochs: int = 12, one2many_fraction: float = 2 / 3, num_one2many_layers: int | None = None,
-                    copy_masks: bool = False, num_points: int = 256,
-                    box_loss: bool = True) -> tuple[nn.Module, Any, dict[str, float]]:
+#: Loss weights of the two-stage proposals (class and boxes only).
+ENCODER_WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+
+
+def build_criterion(scheme: str, cfg: Any, *, copy_masks: bool = False, num_points: int = 256,
+                    box_loss: bool = True, **settings: Any) -> tuple[nn.Module, Any, dict[str, float]]:
     """The criterion, the scheme object (None for ``one2one``) and the loss weights of a run.
 
     Args:
-        scheme: one of :data:`examples.detection.criterion.SCHEMES`; the scheme object and its
-            checks are the detection example's (:func:`examples.detection.criterion.build_criterion`).
+        scheme: one of :data:`examples.common.criterion.SCHEMES`.
         cfg: the model's :class:`~examples.detection.config.ModelConfig`.
-        k, lambda_one2many, epochs, one2many_fraction, num_one2many_layers: as there.
         copy_masks: repeat the masks K times with the other per-object keys and match the
             copies explicitly (the library's default path), instead of the default: masks
             not repeated (``per_object_keys=["boxes"]``), capacity-K matching
             (``one2many_matcher="derive"``).
         num_points: matching and loss points per image / pair.
         box_loss: train the boxes too.
+        settings: the scheme's (``k``, ``lambda_one2many``, ``epochs``, ``one2many_fraction``,
+            ``num_one2many_layers``; :func:`examples.common.criterion.build_scheme`).
 
     Returns:
         ``(criterion, scheme_object, weight_dict)``.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     base = MaskSetCriterion(cfg.num_classes, num_points=num_points, num_loss_points=num_points, box_loss=box_loss)
-    weights = make_weight_dict(cfg.dec_layers, two_stage=cfg.two_stage, box_loss=box_loss)
-    _, scheme_object, _ = build_detection_criterion(
-        scheme, cfg, k=k, lambda_one2many=lambda_one2many, epochs=epochs, one2many_fraction=one2many_fraction,
-        num_one2many_layers=num_one2many_layers)
-    if scheme_object is None:
-        return base, None, weights
-    per_object = ["boxes", "masks"] if copy_masks else ["boxes"]
-    criterion = hybridmatch.HybridCriterion(base, scheme_object, one2many_matcher=None if copy_masks else "derive",
-                                            per_object_keys=per_object)
-    weights = hybridmatch.hybrid_weight_dict(weights, scheme_object)
-    # The one-to-many branch has no encoder loss (H-DETR): no weights for keys it never returns.
-    return criterion, scheme_object, {key: w for key, w in weights.items() if not key.endswith("_enc_one2many")}
+    weight_dict = layer_weight_dict(layer_weights(box_loss=box_loss), cfg.dec_layers,
+                                    encoder=ENCODER_WEIGHTS if cfg.two_stage else None)
+    return hybrid_criterion(base, scheme_for(scheme, cfg, **settings), weight_dict,
+                            one2many_matcher=None if copy_masks else "derive",
+                            per_object_keys=["boxes", "masks"] if copy_masks else ["boxes"])

@@ -15,8 +15,6 @@ logits (which cover the padded canvas) share one frame.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +27,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from examples.detection.data import IMAGENET_MEAN, IMAGENET_STD
-from examples.detection.data import collate_fn as _pad_images
+from examples.common.coco import load_coco
+from examples.detection.data import collate_fn as pad_images
 
 __all__ = ["CocoInstanceSegmentation", "collate_fn", "masks_to_boxes"]
 
@@ -75,10 +74,7 @@ class CocoInstanceSegmentation(Dataset):
     """
 
     def __init__(self, images: Path | str, annotations: Path | str, *, size: int = 64, train: bool = False) -> None:
-        from pycocotools.coco import COCO
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(annotations))
+        self.coco = load_coco(annotations)
         self.root = Path(images)
         self.size = size
         self.train = train
@@ -126,7 +122,7 @@ def collate_fn(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, Tensor, 
         padding), targets whose ``masks`` are ``Tensor[M, Hmax, Wmax] bool`` (False in the
         padding; unchanged, not copied, when the image already has the canvas' size).
     """
-    images, pixel_mask, targets = _pad_images(batch)
+    images, pixel_mask, targets = pad_images(batch)
     height, width = images.shape[-2:]
     out = []
     for target in targets:

@@ -8,8 +8,6 @@ is the three together (results gathered over ranks, scored on rank 0).
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from examples.detection.evaluate import STAT_NAMES, _gather
+from examples.common.coco import BOX_STAT_NAMES as STAT_NAMES
+from examples.common.coco import coco_stats, gather_results, label_to_category
 
 __all__ = ["coco_segm_stats", "encode_mask", "evaluate_segm", "postprocess", "predict"]
 
@@ -81,6 +80,7 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
     was_training = model.training
     model.eval()
     device = torch.device(device)
+    categories = label_to_category(dataset)
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
     try:
@@ -93,7 +93,7 @@ def predict(model: nn.Module, loader: Iterable, dataset: Any, device: torch.devi
                 image_id = int(target["image_id"].reshape(-1)[0])
                 image_ids.append(image_id)
                 for score, label, mask in zip(found["scores"].tolist(), found["labels"].tolist(), found["masks"]):
-                    results.append({"image_id": image_id, "category_id": int(dataset.label_to_category[label]),
+                    results.append({"image_id": image_id, "category_id": int(categories[label]),
                                     "segmentation": encode_mask(mask), "score": float(score)})
     finally:
         model.train(was_training)
@@ -108,30 +108,12 @@ def coco_segm_stats(coco_gt: Any, results: Sequence[Mapping[str, Any]], image_id
         ``{"AP": ..., "AP50": ..., ...}``, the 12 numbers of ``COCOeval.stats`` (fractions;
         -1 where undefined); every AP is 0 without results.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        if results:
-            found = coco_gt.loadRes([dict(r) for r in results])
-        else:
-            found = COCO()
-            found.dataset = {"images": list(coco_gt.dataset["images"]),
-                             "categories": list(coco_gt.dataset.get("categories", [])), "annotations": []}
-            found.createIndex()
-        evaluator = COCOeval(coco_gt, found, iouType="segm")
-        if image_ids:
-            evaluator.params.imgIds = sorted(set(image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats)))
+    return dict(zip(STAT_NAMES, coco_stats(coco_gt, results, "segm", image_ids, verbose=verbose)))
 
 
 def evaluate_segm(model: nn.Module, loader: Iterable, dataset: Any, device: torch.device | str) -> dict[str, Any]:
     """``{"segm": stats}`` on rank 0 (``{}`` on the others) for the images of ``loader``."""
-    results, image_ids = _gather(*predict(model, loader, dataset, device))
+    results, image_ids = gather_results(*predict(model, loader, dataset, device))
     if not image_ids:
         return {}
     return {"segm": coco_segm_stats(dataset.coco, results, image_ids)}

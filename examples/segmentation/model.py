@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from examples.detection.config import ModelConfig
-from examples.detection.model import HDeformableDETR, build_model as build_detector
+from examples.detection.model import HDeformableDETR, add_query_outputs
+from examples.detection.model import build_model as build_detector
 from examples.detection.transformer import MLP
 
 __all__ = ["MaskDETR", "build_model"]
@@ -115,15 +116,7 @@ class MaskDETR(nn.Module):
         finally:
             self._captured = {}
         masks = [torch.einsum("bqd,bdhw->bqhw", self.mask_embed(q), pixels) for q in queries]
-        num_one2one = self.cfg.num_queries_one2one
-        outputs["pred_masks"] = masks[-1][:, :num_one2one]
-        for layer, aux in zip(masks[:-1], outputs["aux_outputs"]):
-            aux["pred_masks"] = layer[:, :num_one2one]
-        if "pred_logits_one2many" in outputs:
-            outputs["pred_masks_one2many"] = masks[-1][:, num_one2one:]
-            for layer, aux in zip(masks[:-1], outputs["aux_outputs_one2many"]):
-                aux["pred_masks"] = layer[:, num_one2one:]
-        return outputs
+        return add_query_outputs(outputs, "pred_masks", masks, self.cfg.num_queries_one2one)
 
 
 def build_model(cfg: ModelConfig, mask_stride: int = 4) -> MaskDETR:

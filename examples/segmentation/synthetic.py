@@ -1,9 +1,9 @@
 """A seeded synthetic instance-segmentation set in COCO format (RLE masks).
 
-The images are the detection example's (:mod:`examples.detection.synthetic`): coloured
+The images are the detection example's (:func:`examples.common.shapes.draw_image`): coloured
 shapes (square, circle, triangle, cross, diamond and ring, the last with a hole) on a
 noisy gradient, up to ``max_objects`` per image, overlapping, each keeping at least
-:data:`~examples.detection.synthetic.MIN_VISIBLE_FRACTION` of its pixels visible. Each
+:data:`~examples.common.shapes.MIN_VISIBLE_FRACTION` of its pixels visible. Each
 object's annotation carries its *visible* mask as COCO RLE (``{"size": [H, W], "counts":
 str}``), so occluded parts and the rings' holes are not part of it; ``bbox`` is the tight
 box of the visible pixels and ``area`` their count.
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from examples.detection.synthetic import CATEGORIES, PNG_COMPRESS_LEVEL, _draw_image, _mask_to_bbox
+from examples.common.data import split_ready
+from examples.common.shapes import CATEGORIES, PNG_COMPRESS_LEVEL, draw_image, mask_to_bbox
 
 __all__ = ["generate_synthetic_segmentation", "main", "synthetic_ready"]
 
@@ -54,7 +55,7 @@ def generate_synthetic_segmentation(
         num_images: images in the split.
         image_size: ``(height, width)``.
         num_classes: shape classes, 1 to 6 (the first ``num_classes`` of
-            :data:`examples.detection.synthetic.CATEGORIES`).
+            :data:`examples.common.shapes.CATEGORIES`).
         max_objects: most objects drawn per image (the number is uniform in 1..max_objects;
             fewer are kept when a placement would hide an earlier object too much).
         seed: the data seed.
@@ -79,7 +80,7 @@ def generate_synthetic_segmentation(
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
-        pixels, objects = _draw_image(rng, height, width, shapes, max_objects)
+        pixels, objects = draw_image(rng, height, width, shapes, max_objects)
         name = f"{index:06d}.png"
         Image.fromarray(pixels).save(root / split / name, compress_level=PNG_COMPRESS_LEVEL)
         image_id = index + 1
@@ -87,7 +88,7 @@ def generate_synthetic_segmentation(
         for shape, mask in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": categories[shape][0],
-                "segmentation": _encode(mask), "bbox": _mask_to_bbox(mask), "area": float(mask.sum()),
+                "segmentation": _encode(mask), "bbox": mask_to_bbox(mask), "area": float(mask.sum()),
                 "iscrowd": 0,
             })
     data = {
@@ -103,17 +104,9 @@ def generate_synthetic_segmentation(
 def synthetic_ready(root: Path, split: str, count: int, size: tuple[int, int], classes: int,
                     max_objects: int, seed: int) -> bool:
     """Whether ``root`` already holds this split as :func:`generate_synthetic_segmentation` would write it."""
-    path = Path(root) / "annotations" / f"instances_{split}.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    images = data.get("images", [])
-    info = data.get("info", {})
-    return (len(images) == count and len(data.get("categories", [])) == classes
-            and info.get("max_objects") == max_objects and info.get("seed") == seed
-            and info.get("description") == "examples.segmentation.synthetic"
-            and all((im["height"], im["width"]) == tuple(size) for im in images[:1]))
+    return split_ready(Path(root) / "annotations" / f"instances_{split}.json", count=count, size=size,
+                       num_categories=classes, max_objects=max_objects, seed=seed,
+                       description="examples.segmentation.synthetic")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
