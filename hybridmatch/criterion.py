@@ -33,7 +33,6 @@ H-DETR).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,11 +42,10 @@ import torch
 from torch import Tensor
 
 from ._warnings import warn_once
-from .costs import Cost, CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
 from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from .matchers import Hungarian, Matcher, OneToManyMatcher, assignment_to_repeated
+from .matchers._one2many import CopiesFromCapacity, capacity_of, one2many_matcher_for, override_matcher
 from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, Scheme, Supervision
-from .targets import PER_IMAGE_KEYS, repeat_targets
+from .targets import repeat_targets
 
 __all__ = ["HybridCriterion", "KeyMap", "hybrid_weight_dict", "weighted_loss"]
 
@@ -169,7 +167,8 @@ class HybridCriterion(torch.nn.Module):
                 f"got {type(scheme).__name__}"
             )
         if one2many_matcher is not None:
-            one2many_matcher = _one2many_matcher_for(criterion, scheme, one2many_matcher)
+            k = getattr(scheme, "k", None)
+            one2many_matcher = one2many_matcher_for(criterion, k, repr(scheme), one2many_matcher)
         self.criterion = criterion
         self.scheme = scheme
         self.key_map = key_map if key_map is not None else KeyMap()
@@ -438,32 +437,22 @@ class HybridCriterion(torch.nn.Module):
         return calls
 
     def _repeat(self, targets: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
-        label_key = self.key_map.labels
-        if label_key == "labels":
-            return repeat_targets(targets, k, per_object_keys=self.per_object_keys)
-        renamed = [{("labels" if key == label_key else key): value for key, value in t.items()} for t in targets]
-        out = repeat_targets(renamed, k, per_object_keys=self.per_object_keys)
-        return [{(label_key if key == "labels" else key): value for key, value in t.items()} for t in out]
+        return repeat_targets(targets, k, per_object_keys=self.per_object_keys, label_key=self.key_map.labels)
 
     def _call(
         self, outputs: dict[str, Any], targets: Sequence[Mapping[str, Any]], group: Supervision, **kwargs: Any
     ) -> Mapping[str, Tensor]:
         if group.k == 1 or self.one2many_matcher is None:
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
-        capacity = _capacity(self.one2many_matcher)
+        capacity = capacity_of(self.one2many_matcher)
         if capacity is not None and capacity != group.k:
             raise ConfigurationError(
                 f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
                 f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
             )
-        original = self.criterion.matcher  # type: ignore[attr-defined]
-        self.criterion.matcher = _CopiesFromCapacity(  # type: ignore[attr-defined]
-            self.one2many_matcher, group.k, self.key_map.labels
-        )
-        try:
+        stand_in = CopiesFromCapacity(self.one2many_matcher, group.k, self.key_map.labels)
+        with override_matcher(self.criterion, stand_in):
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
-        finally:
-            self.criterion.matcher = original  # type: ignore[attr-defined]
 
 
 def hybrid_weight_dict(weight_dict: Mapping[str, float], scheme: Scheme) -> dict[str, float]:
@@ -636,190 +625,8 @@ def _layer_losses(result: Mapping[str, Tensor], first: int, num_aux: int, keep_f
     return out
 
 
-def _capacity(matcher: object) -> int | None:
-    """The most queries one target can take from ``matcher``, where it can be read."""
-    if isinstance(matcher, Matcher):
-        return matcher.assigner.max_per_target
-    for name in ("capacity", "k"):
-        value = getattr(matcher, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _derive_one2many_matcher(matcher: Matcher, k: int) -> Matcher:
-    """``matcher``'s cost with a capacity-K Hungarian assigner (its backend and NaN policy kept)."""
-    assigner = matcher.assigner
-    if not isinstance(assigner, Hungarian):
-        raise ConfigurationError(
-            f"one2many_matcher='derive' gives criterion.matcher's cost a capacity-K Hungarian assigner, "
-            f"but criterion.matcher assigns with {assigner!r}; pass the one-to-many matcher yourself"
-        )
-    return OneToManyMatcher(k, cost=matcher.cost, backend=assigner.backend, nan_policy=assigner.nan_policy)
-
-
-def _one2many_matcher_for(criterion: Any, scheme: Scheme, given: Any) -> Callable[..., Matches]:
-    """The one-to-many matcher to use, derived or checked against ``criterion.matcher``."""
-    if not hasattr(criterion, "matcher"):
-        raise TypeError(
-            "one2many_matcher replaces criterion.matcher during one-to-many calls, but the "
-            f"{type(criterion).__name__} passed has no 'matcher' attribute"
-        )
-    matcher = criterion.matcher
-    k = getattr(scheme, "k", None)
-    ours = isinstance(matcher, Matcher)
-    if isinstance(given, str):
-        if given != "derive":
-            raise ConfigurationError(
-                f"one2many_matcher must be a matcher, 'derive' or None, got {given!r}"
-            )
-        if not ours:
-            raise ConfigurationError(
-                f"one2many_matcher='derive' builds the matcher from criterion.matcher, but that is a "
-                f"{type(matcher).__name__}, not a hybridmatch matcher; pass "
-                f"one2many_matcher=OneToManyMatcher(k={k}, cost_class=..., cost_bbox=..., cost_giou=..., "
-                f"class_cost=...) with its costs (DETR's matcher: class_cost='softmax'; "
-                f"Deformable-DETR's and H-DETR's: 'focal')"
-            )
-        if not isinstance(k, int):
-            raise ConfigurationError(f"one2many_matcher='derive' needs a scheme with a k, got {scheme!r}")
-        return _derive_one2many_matcher(matcher, k)
-    if not callable(given):
-        raise TypeError(f"one2many_matcher must be callable (outputs, targets) -> matches, got {type(given).__name__}")
-    capacity = _capacity(given)
-    if isinstance(k, int) and capacity is not None and capacity != k:
-        raise ConfigurationError(
-            f"one2many_matcher lets a target take {capacity} queries but {scheme!r} repeats the "
-            f"targets K={k} times; build it with OneToManyMatcher(k={k}) or one2many_matcher='derive'"
-        )
-    cost = getattr(given, "cost", None)
-    if not isinstance(cost, Cost):
-        return given  # a matcher of its own kind: its costs cannot be read
-    if ours:
-        if _cost_signature(cost) != _cost_signature(matcher.cost):
-            raise ConfigurationError(
-                f"one2many_matcher's cost {cost!r} differs from criterion.matcher's {matcher.cost!r}; the "
-                f"one-to-many losses would not be those of matching the copies. Use "
-                f"one2many_matcher='derive' (the same cost, capacity K={k})"
-            )
-        return given
-    _check_foreign_costs(cost, matcher, criterion, k)
-    return given
-
-
-def _cost_signature(cost: Cost) -> tuple[Any, ...]:
-    """A comparable description of a cost: its weighted terms, zero weights left out."""
-    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
-    return tuple(
-        sorted(
-            (float(weight), type(term).__name__, _settings(term))
-            for weight, term in terms
-            if weight != 0
-        )
-    )
-
-
-def _settings(cost: Cost) -> tuple[tuple[str, str], ...]:
-    """A cost's public settings (private state such as a random stream left out)."""
-    return tuple(sorted((k, repr(v)) for k, v in vars(cost).items() if not k.startswith("_")))
-
-
-def _check_foreign_costs(cost: Cost, matcher: Any, criterion: Any, k: object) -> None:
-    """Compare a hybridmatch cost with a DETR-style matcher's readable weights."""
-    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
-    weights = {"cost_class": 0.0, "cost_bbox": 0.0, "cost_giou": 0.0}
-    class_kinds = set()
-    for weight, term in terms:
-        if isinstance(term, (FocalClassCost, SoftmaxClassCost)):
-            weights["cost_class"] += float(weight)
-            class_kinds.add("focal" if isinstance(term, FocalClassCost) else "softmax")
-        elif isinstance(term, L1BoxCost):
-            weights["cost_bbox"] += float(weight)
-        elif isinstance(term, GIoUCost):
-            weights["cost_giou"] += float(weight)
-        else:
-            return  # another kind of cost: nothing comparable
-    mismatched = []
-    for name, ours in weights.items():
-        theirs = getattr(matcher, name, None)
-        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
-            if not math.isclose(float(theirs), ours, rel_tol=1e-6, abs_tol=1e-9):
-                mismatched.append(f"{name}={theirs!r} (one2many_matcher: {ours!r})")
-    expected_kind = None
-    if hasattr(criterion, "focal_alpha"):
-        expected_kind = "focal"
-    elif hasattr(criterion, "eos_coef") or hasattr(criterion, "empty_weight"):
-        expected_kind = "softmax"
-    if expected_kind is not None and class_kinds and class_kinds != {expected_kind}:
-        mismatched.append(
-            f"class cost {expected_kind} (the criterion has "
-            f"{'focal_alpha, as Deformable-DETR' if expected_kind == 'focal' else 'eos_coef, as DETR'}'s; "
-            f"one2many_matcher: "
-            f"{'/'.join(sorted(class_kinds))})"
-        )
-    if mismatched:
-        kind = (
-            f"class_cost={expected_kind!r}"
-            if expected_kind
-            else "class_cost='softmax' (DETR) or 'focal' (Deformable-DETR, H-DETR)"
-        )
-        read = {name: getattr(matcher, name) for name in weights if hasattr(matcher, name)}
-        args = "".join(f"{name}={value!r}, " for name, value in read.items())
-        raise ConfigurationError(
-            f"one2many_matcher's costs differ from criterion.matcher ({type(matcher).__name__}): "
-            f"{'; '.join(mismatched)}. The one-to-many losses would silently change; build it as "
-            f"OneToManyMatcher(k={k}, {args}{kind})"
-        )
-
-
 def _slice_queries(layer: Mapping[str, Any], queries: slice, total: int) -> dict[str, Any]:
     return {
         key: value[:, queries] if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == total else value
         for key, value in layer.items()
     }
-
-
-def _spread_over_copies(pred_idx: Tensor, tgt_idx: Tensor, num_targets: int) -> Tensor:
-    """Indices into the GT-major repeated targets for one image's pairs (distinct copies)."""
-    if pred_idx.numel() == 0:
-        return tgt_idx.clone()
-    row = torch.full((1, int(pred_idx.max()) + 1), -1, dtype=torch.int64, device=pred_idx.device)
-    row[0, pred_idx] = tgt_idx.long()
-    return assignment_to_repeated(row, [num_targets])[0, pred_idx]
-
-
-class _CopiesFromCapacity(torch.nn.Module):
-    """Stands in for a criterion's matcher in one-to-many calls.
-
-    It receives the repeated targets, matches the original objects with a capacity-K
-    matcher, and hands back indices into the repeated targets. A module, so that it can
-    replace a matcher that is a registered submodule of the criterion.
-    """
-
-    def __init__(self, matcher: Callable[..., Matches], k: int, label_key: str) -> None:
-        super().__init__()
-        self.matcher = matcher
-        self.k = k
-        self.label_key = label_key
-
-    def forward(
-        self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any, **kwargs: Any
-    ) -> Matches:
-        originals = []
-        for target in targets:
-            m = len(target[self.label_key]) // self.k
-            originals.append(
-                {
-                    key: value[:m] if key not in PER_IMAGE_KEYS and _per_object(value, m * self.k) else value
-                    for key, value in target.items()
-                }
-            )
-        matches = self.matcher(outputs, originals, *args, **kwargs)
-        out = []
-        for (pred_idx, tgt_idx), target in zip(matches, originals):
-            out.append((pred_idx, _spread_over_copies(pred_idx, tgt_idx, len(target[self.label_key]))))
-        return out
-
-
-def _per_object(value: Any, length: int) -> bool:
-    return isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == length
