@@ -32,7 +32,9 @@ H-DETR).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from torch import Tensor
 from ._warnings import warn_once
 from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
 from .matchers._one2many import CopiesFromCapacity, capacity_of, one2many_matcher_for, override_matcher
-from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, Scheme, Supervision
+from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, HybridLayer, Scheme, Supervision
 from .targets import repeat_targets
 
 __all__ = ["HybridCriterion", "KeyMap", "hybrid_weight_dict", "weighted_loss"]
@@ -54,8 +56,8 @@ Matches = list[tuple[Tensor, Tensor]]
 
 _logger = logging.getLogger(__name__)
 
-# An auxiliary layer's loss key: the criterion's key with the layer index appended.
-_LAYER_KEY = re.compile(r"(.+)_(\d+)")
+# DETR's logging keys: returned next to the losses, never weighted.
+_LOGGING_PREFIXES = ("class_error", "cardinality_error")
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,17 @@ class KeyMap:
         labels (str): the target dicts' class labels, ``(M,)``.
         one2many_suffix (str): suffix of H-DETR's one-to-many output keys
             (``pred_logits_one2many``, ``aux_outputs_one2many``, ...).
+        layer_key (str): how the criterion names an earlier layer's loss, with the
+            placeholders ``{key}`` (the final layer's name, ``loss_ce``) and ``{layer}``
+            (its index in ``aux_outputs``): DETR's ``"{key}_{layer}"`` (``loss_ce_0``), or
+            e.g. ``"aux{layer}/{key}"``. :class:`~hybridmatch.schemes.HybridLayer` reads it
+            to give each layer's losses the model's layer index.
 
     Example:
         >>> KeyMap.huggingface().logits, KeyMap.huggingface().labels
         ('logits', 'class_labels')
+        >>> KeyMap(layer_key="aux{layer}/{key}").layer_name("loss_bbox", 2)
+        'aux2/loss_bbox'
     """
 
     logits: str = "pred_logits"
@@ -81,6 +90,32 @@ class KeyMap:
     enc_outputs: str = "enc_outputs"
     labels: str = "labels"
     one2many_suffix: str = "_one2many"
+    layer_key: str = "{key}_{layer}"
+
+    def __post_init__(self) -> None:
+        fields = ("logits", "aux_outputs", "enc_outputs", "labels", "one2many_suffix", "layer_key")
+        for name in fields:
+            value = getattr(self, name)
+            if not isinstance(value, str) or (not value and name != "one2many_suffix"):
+                raise ConfigurationError(f"KeyMap: {name} must be a non-empty str, got {value!r}")
+        layer_key = self.layer_key
+        if layer_key.count("{key}") != 1 or layer_key.count("{layer}") != 1:
+            raise ConfigurationError(
+                f"KeyMap: layer_key must hold '{{key}}' and '{{layer}}' once each (DETR: '{{key}}_{{layer}}'), "
+                f"got {layer_key!r}"
+            )
+        pattern = re.escape(layer_key).replace(re.escape("{key}"), "(?P<key>.+)")
+        pattern = pattern.replace(re.escape("{layer}"), r"(?P<layer>\d+)")
+        object.__setattr__(self, "_layer_pattern", re.compile(pattern))
+
+    def layer_name(self, key: str, layer: int) -> str:
+        """The loss name of ``key`` at earlier layer ``layer`` (``aux_outputs[layer]``)."""
+        return self.layer_key.replace("{key}", key).replace("{layer}", str(layer))
+
+    def split_layer_name(self, name: str) -> tuple[str, int] | None:
+        """``(key, layer)`` of a per-layer loss name, or None for another name."""
+        match = self._layer_pattern.fullmatch(name)  # type: ignore[attr-defined]
+        return None if match is None else (match["key"], int(match["layer"]))
 
     @classmethod
     def huggingface(cls) -> KeyMap:
@@ -169,6 +204,8 @@ class HybridCriterion(torch.nn.Module):
         if one2many_matcher is not None:
             k = getattr(scheme, "k", None)
             one2many_matcher = one2many_matcher_for(criterion, k, repr(scheme), one2many_matcher)
+        if key_map is not None and not isinstance(key_map, KeyMap):
+            raise TypeError(f"key_map must be a hybridmatch.criterion.KeyMap, got {type(key_map).__name__}")
         self.criterion = criterion
         self.scheme = scheme
         self.key_map = key_map if key_map is not None else KeyMap()
@@ -176,9 +213,100 @@ class HybridCriterion(torch.nn.Module):
         self.per_object_keys = per_object_keys
         self._last_final_k: int | None = None
         self._switch_logged = False
+        self._weight_dict: dict[str, float] | None = None
+        self._epoch_parameter = _takes_epoch(criterion)
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}, key_map={self.key_map!r}"
+
+    # ------------------------------------------------------------------ weight dict
+
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        """The loss weights of every key this criterion returns, as DETR engines read them.
+
+        By default :func:`hybrid_weight_dict` of the wrapped criterion's ``weight_dict``
+        (read at each access): its keys plus, for a :class:`~hybridmatch.schemes.HybridBranch`,
+        a ``_one2many`` copy of each with the same weight. DETR's logging keys
+        (``class_error``, ``cardinality_error``) have no weight, as in DETR. So the lines
+        DETR, Deformable-DETR and H-DETR's ``train_one_epoch`` and ``evaluate`` use run
+        unchanged and weight every loss::
+
+            loss_dict = criterion(outputs, targets)
+            weight_dict = criterion.weight_dict
+            losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict.keys() if k in weight_dict)
+
+        Setting it replaces the dict (taken as given, not extended); a dict that lacks
+        ``_one2many`` keys of the scheme is warned about at once, and a loss key the
+        criterion returns without a weight is warned about once, by name, at the call
+        that returns it (DETR's loss line would leave it out silently).
+
+        Raises:
+            AttributeError: the wrapped criterion has no ``weight_dict`` and none was set.
+
+        Example:
+            >>> from hybridmatch.schemes import HybridBranch
+            >>> class SetCriterion:                     # a DETR criterion: weights, matcher, losses
+            ...     weight_dict = {"loss_ce": 1.0, "loss_bbox": 5.0}
+            ...     def __call__(self, outputs, targets):
+            ...         return {"loss_ce": torch.tensor(1.0), "loss_bbox": torch.tensor(0.5)}
+            >>> criterion = HybridCriterion(SetCriterion(), HybridBranch(2, 4, k=2))
+            >>> criterion.weight_dict
+            {'loss_ce': 1.0, 'loss_bbox': 5.0, 'loss_ce_one2many': 1.0, 'loss_bbox_one2many': 5.0}
+        """
+        if self._weight_dict is not None:
+            return self._weight_dict
+        base = getattr(self.criterion, "weight_dict", None)
+        if not isinstance(base, Mapping):
+            raise AttributeError(self._no_weight_dict())
+        return hybrid_weight_dict(base, self.scheme)
+
+    @weight_dict.setter
+    def weight_dict(self, weight_dict: Mapping[str, float]) -> None:
+        if not isinstance(weight_dict, Mapping):
+            raise ConfigurationError(
+                f"HybridCriterion.weight_dict must be a dict of loss name -> weight, got {type(weight_dict).__name__}"
+            )
+        missing = [key for key in hybrid_weight_dict(weight_dict, self.scheme) if key not in weight_dict]
+        if missing:
+            warn_once(
+                f"criterion.weight_dict_set:{id(self)}:{','.join(missing)}",
+                f"HybridCriterion.weight_dict was set to a dict without the one-to-many keys {missing} of "
+                f"{self.scheme!r}: DETR's loss line would train one-to-one only. Leave it unset (it extends "
+                f"the wrapped criterion's weight_dict) or set hybrid_weight_dict(weight_dict, scheme)",
+            )
+        self._weight_dict = dict(weight_dict)
+
+    def _no_weight_dict(self) -> str:
+        return (
+            f"HybridCriterion.weight_dict: the wrapped {type(self.criterion).__name__} has no weight_dict "
+            f"to extend; set criterion.weight_dict = hybrid_weight_dict(weights, scheme) with your loss weights"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight_dict":  # the property raised: keep its message, not nn.Module's
+            raise AttributeError(self._no_weight_dict())
+        return super().__getattr__(name)
+
+    def _check_weighted(self, losses: Mapping[str, Any]) -> None:
+        """Warn once about loss keys the weight dict in use leaves out (DETR's loss line drops them)."""
+        weights = self._weight_dict
+        if weights is None:
+            base = getattr(self.criterion, "weight_dict", None)
+            if not isinstance(base, Mapping):
+                return
+            weights = hybrid_weight_dict(base, self.scheme)
+        missing = [
+            key for key in losses if key not in weights and not key.startswith(_LOGGING_PREFIXES)
+        ]
+        if missing:
+            warn_once(
+                f"criterion.unweighted:{id(self)}:{','.join(missing)}",
+                f"HybridCriterion returned {missing}, which have no weight in criterion.weight_dict, so "
+                f"DETR's loss line (sum of loss_dict[k] * weight_dict[k] for k in weight_dict) leaves them "
+                f"out of the total; give them a weight (hybrid_weight_dict(weight_dict, scheme) adds the "
+                f"_one2many keys)",
+            )
 
     def forward(
         self,
@@ -211,13 +339,20 @@ class HybridCriterion(torch.nn.Module):
         aux = _aux_layers(outputs, keys.aux_outputs)
         counts = [self._count(target, index) for index, target in enumerate(targets)]
 
+        if self._epoch_parameter and "epoch" not in kwargs:
+            # The wrapped criterion takes the epoch too: hand it the one this call supervises for.
+            kwargs["epoch"] = self.scheme.epoch if epoch is None else epoch
+
         one2one = self._one2one_only(outputs, aux)
         if one2one is not None:
-            return dict(_check_result(self.criterion(one2one, targets, **kwargs), "criterion"))
+            result = dict(_check_result(self.criterion(one2one, targets, **kwargs), "criterion"))
+            self._check_weighted(result)
+            return result
 
         self._check_query_counts(outputs, aux)
         num_layers = len(aux) + 1
         self.scheme.check_targets(max(counts, default=0), epoch)
+        self._check_layers_found(outputs, aux, num_layers)
         plan: list[tuple[Supervision, list[int]]] = []
         for layer in range(num_layers):
             for group in self.scheme.supervision(layer, num_layers, epoch):
@@ -238,11 +373,63 @@ class HybridCriterion(torch.nn.Module):
             group_targets = repeated[group.k] if group.k > 1 else targets
             for call_outputs, first, num_aux, keep_final in self._layer_calls(group_outputs, layers, num_layers):
                 result = self._call(call_outputs, group_targets, group, **kwargs)
-                for key, value in _layer_losses(result, first, num_aux, keep_final).items():
+                for key, value in self._layer_losses(result, first, num_aux, keep_final).items():
                     name = f"{key}{group.suffix}"
                     value = value * group.weight if group.weight != 1.0 else value
                     losses[name] = losses[name] + value if name in losses else value
+        self._check_weighted(losses)
         return losses
+
+    def _check_layers_found(self, outputs: Mapping[str, Any], aux: list[Mapping[str, Any]], num_layers: int) -> None:
+        """A layer scheme on outputs without earlier layers: point at the key they are under."""
+        scheme = self.scheme
+        if not isinstance(scheme, HybridLayer) or scheme.num_one2many_layers < num_layers:
+            return
+        others = [
+            key
+            for key, value in outputs.items()
+            if key != self.key_map.aux_outputs
+            and isinstance(value, (list, tuple))
+            and len(value) > 0
+            and all(isinstance(layer, Mapping) for layer in value)
+        ]
+        where = (
+            f"; outputs{others} holds a list of per-layer dicts: if those are the earlier layers, pass "
+            f"key_map=KeyMap(aux_outputs={others[0]!r})"
+            if others
+            else f" (outputs has no {self.key_map.aux_outputs!r}: does the model return its earlier layers?)"
+        )
+        raise ConfigurationError(
+            f"HybridLayer: num_one2many_layers={scheme.num_one2many_layers} must be < num_layers={num_layers}, "
+            f"the decoder layers found in the outputs (the final one plus {len(aux)} in "
+            f"outputs[{self.key_map.aux_outputs!r}]){where}"
+        )
+
+    def _layer_losses(
+        self, result: Mapping[str, Tensor], first: int, num_aux: int, keep_final: bool
+    ) -> dict[str, Tensor]:
+        """A call's losses under the model's layer indices (see ``HybridCriterion._layer_calls``)."""
+        if first == 0 and keep_final:
+            return dict(result)
+        keys = self.key_map
+        out = {}
+        found = False
+        for key, value in result.items():
+            split = keys.split_layer_name(key)
+            if split is not None and split[1] < num_aux:
+                out[keys.layer_name(split[0], split[1] + first)] = value
+                found = True
+            elif keep_final:
+                out[key] = value
+        if num_aux > 0 and not found:
+            raise ConfigurationError(
+                f"HybridCriterion: the criterion was given {num_aux} earlier layer(s) in "
+                f"outputs[{keys.aux_outputs!r}] but none of its loss keys {list(result)} names a layer as "
+                f"{keys.layer_key!r}, so those layers' losses would be lost; pass "
+                f"key_map=KeyMap(layer_key=...) with the criterion's naming, e.g. 'aux{{layer}}/{{key}}' "
+                f"for 'aux0/loss_bbox'"
+            )
+        return out
 
     # ------------------------------------------------------------------ helpers
 
@@ -608,21 +795,28 @@ def _check_result(result: object, name: str) -> Mapping[str, Tensor]:
             f"DETR convention); if it returns (losses, extras), as H-DETR's timing criterion does, "
             f"wrap it: lambda outputs, targets: criterion(outputs, targets)[0]"
         )
+    for key, value in result.items():
+        if not isinstance(value, Tensor) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ConfigurationError(
+                f"{name} returned {key!r}: a {type(value).__name__}, but every value must be a loss Tensor "
+                f"(the DETR convention: a flat dict of loss name -> Tensor); flatten nested dicts into "
+                f"their own keys (e.g. '{key}/<name>')"
+            )
     return result
 
 
-def _layer_losses(result: Mapping[str, Tensor], first: int, num_aux: int, keep_final: bool) -> dict[str, Tensor]:
-    """A call's losses under the model's layer indices (see ``HybridCriterion._layer_calls``)."""
-    if first == 0 and keep_final:
-        return dict(result)
-    out = {}
-    for key, value in result.items():
-        match = _LAYER_KEY.fullmatch(key)
-        if match is not None and int(match[2]) < num_aux:
-            out[f"{match[1]}_{int(match[2]) + first}"] = value
-        elif keep_final:
-            out[key] = value
-    return out
+def _takes_epoch(criterion: object) -> bool:
+    """Whether calling ``criterion`` takes an ``epoch`` argument by name."""
+    call = criterion.forward if isinstance(criterion, torch.nn.Module) else criterion
+    try:
+        parameters = inspect.signature(call).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get("epoch")
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def _slice_queries(layer: Mapping[str, Any], queries: slice, total: int) -> dict[str, Any]:

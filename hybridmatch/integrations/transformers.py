@@ -269,6 +269,9 @@ class HybridLoss:
         self.backend = backend
         self.nan_policy: NanPolicy = nan_policy
         self._installed = False
+        # The criterion of the last call and the config it was built from: kept across calls,
+        # so that it sees a HybridEpoch switch happen (and logs it once).
+        self._criterion: tuple[Any, HybridCriterion] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -390,6 +393,12 @@ class HybridLoss:
             sum (0-dim Tensor), every loss term by name, and the earlier layers' predictions
             (or None).
         """
+        if not self.model.training:
+            # Evaluation: the model's own (one-to-one) loss, as HybridCriterion gives in eval(),
+            # so that an evaluation loop reports the loss the model is judged by.
+            return self.original(
+                logits, labels, device, pred_boxes, config, outputs_class, outputs_coord, **kwargs
+            )
         outputs: dict[str, Any] = {"logits": logits, "pred_boxes": pred_boxes}
         auxiliary_outputs = None
         if _setting(config, "auxiliary_loss") and outputs_class is not None and outputs_coord is not None:
@@ -398,7 +407,7 @@ class HybridLoss:
                 for layer_logits, layer_boxes in zip(outputs_class[:-1], outputs_coord[:-1])
             ]
             outputs["auxiliary_outputs"] = auxiliary_outputs
-        criterion = self.build_criterion(config).to(device)
+        criterion = self._criterion_for(config).to(device)
         loss_dict = criterion(outputs, labels)
         weights = self.loss_weights(len(auxiliary_outputs or []) + 1, config)
         loss = sum(value * weights[key] for key, value in loss_dict.items() if key in weights)
@@ -431,6 +440,12 @@ class HybridLoss:
         self.uninstall()
 
     # ------------------------------------------------------------------ helpers
+
+    def _criterion_for(self, config: Any) -> HybridCriterion:
+        """The criterion built from ``config``, reused while the config stays the same object."""
+        if self._criterion is None or self._criterion[0] is not config:
+            self._criterion = (config, self.build_criterion(config))
+        return self._criterion[1]
 
     def _check_scheme(self, config: Any) -> None:
         auxiliary = bool(_setting(config, "auxiliary_loss"))

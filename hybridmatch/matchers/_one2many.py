@@ -82,7 +82,8 @@ def one2many_matcher_for(criterion: Any, k: int | None, scheme: str, given: Any)
         if not ours:
             raise ConfigurationError(
                 f"one2many_matcher='derive' builds the matcher from criterion.matcher, but that is a "
-                f"{type(matcher).__name__}, not a hybridmatch matcher; pass "
+                f"{_qualified(matcher)}, not a hybridmatch matcher (hybridmatch.HungarianMatcher and the "
+                f"other hybridmatch.matchers.Matcher subclasses); pass "
                 f"one2many_matcher=OneToManyMatcher(k={k}, cost_class=..., cost_bbox=..., cost_giou=..., "
                 f"class_cost=...) with its costs (DETR's matcher: class_cost='softmax'; "
                 f"Deformable-DETR's and H-DETR's: 'focal')"
@@ -93,7 +94,16 @@ def one2many_matcher_for(criterion: Any, k: int | None, scheme: str, given: Any)
     if not callable(given):
         raise TypeError(f"one2many_matcher must be callable (outputs, targets) -> matches, got {type(given).__name__}")
     capacity = capacity_of(given)
-    if isinstance(k, int) and capacity is not None and capacity != k:
+    if capacity is None:
+        raise ConfigurationError(
+            f"one2many_matcher {_qualified(given)} does not say how many queries a target may take "
+            f"(no 'capacity' or 'k' attribute), so it cannot be checked against {scheme}'s K={k}; a "
+            f"one-to-one matcher here (DETR's HungarianMatcher) would give wrong one-to-many losses. Pass "
+            f"OneToManyMatcher(k={k}, ...) or one2many_matcher='derive', leave one2many_matcher unset (the "
+            f"criterion's own matcher then matches the K copies), or, for a matcher of your own that lets "
+            f"each target take K queries, give it the attribute capacity = {k}"
+        )
+    if isinstance(k, int) and capacity != k:
         raise ConfigurationError(
             f"one2many_matcher lets a target take {capacity} queries but {scheme} repeats the "
             f"targets K={k} times; build it with OneToManyMatcher(k={k}) or one2many_matcher='derive'"
@@ -122,6 +132,12 @@ def cost_signature(cost: Cost) -> tuple[Any, ...]:
 def _settings(cost: Cost) -> tuple[tuple[str, str], ...]:
     """A cost's public settings (private state such as a random stream left out)."""
     return tuple(sorted((k, repr(v)) for k, v in vars(cost).items() if not k.startswith("_")))
+
+
+def _qualified(obj: object) -> str:
+    """``module.Class`` of an object, so that two classes of one name are told apart."""
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def check_foreign_costs(cost: Cost, matcher: Any, criterion: Any, k: object) -> None:
