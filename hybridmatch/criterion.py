@@ -547,18 +547,8 @@ class HybridCriterion(torch.nn.Module):
         if not isinstance(self.scheme, HybridEpoch):
             return
         k = self.scheme.supervision(num_layers - 1, num_layers, epoch)[0].k
-        if self._last_final_k is not None and self._last_final_k > 1 and k == 1 and not self._switch_logged:
+        if not self._switch_logged and note_epoch_switch(self.scheme, self._last_final_k, k):
             self._switch_logged = True
-            _logger.warning(
-                "HybridCriterion: %r switched from one-to-many (K=%d) to one-to-one matching. "
-                "In the one-to-many epochs the criterion's num_boxes counted the K copies of each "
-                "object, so losses summed over every query (the 'no object' part of the "
-                "classification loss) were divided by about K=%d more than now: expect the loss "
-                "to jump at this epoch; this is H-DETR's normalisation, not a divergence.",
-                self.scheme,
-                self._last_final_k,
-                self._last_final_k,
-            )
         self._last_final_k = k
 
     def _group_outputs(self, outputs: Mapping[str, Any], group: Supervision) -> dict[str, Any]:
@@ -640,6 +630,27 @@ class HybridCriterion(torch.nn.Module):
         stand_in = CopiesFromCapacity(self.one2many_matcher, group.k, self.key_map.labels)
         with override_matcher(self.criterion, stand_in):
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
+
+
+def note_epoch_switch(scheme: Scheme, last_k: int | None, k: int) -> bool:
+    """Log (WARNING) that ``scheme`` switched from one-to-many (``last_k``) to one-to-one (``k``).
+
+    Returns whether it logged: only when ``last_k > 1`` and ``k == 1``. Shared by the
+    criterion wrapper and the transformers adapter, which each log it once.
+    """
+    if last_k is None or last_k <= 1 or k != 1:
+        return False
+    _logger.warning(
+        "HybridCriterion: %r switched from one-to-many (K=%d) to one-to-one matching. "
+        "In the one-to-many epochs the criterion's num_boxes counted the K copies of each "
+        "object, so losses summed over every query (the 'no object' part of the "
+        "classification loss) were divided by about K=%d more than now: expect the loss "
+        "to jump at this epoch; this is H-DETR's normalisation, not a divergence.",
+        scheme,
+        last_k,
+        last_k,
+    )
+    return True
 
 
 def hybrid_weight_dict(weight_dict: Mapping[str, float], scheme: Scheme) -> dict[str, float]:
