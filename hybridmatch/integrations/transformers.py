@@ -32,7 +32,12 @@ one-to-one scheme gives exactly the model's own loss); matching is hybridmatch's
 :class:`~hybridmatch.matchers.HungarianMatcher` with the config's costs, batched, and the
 one-to-many layers are matched with a capacity-K solve
 (:class:`~hybridmatch.matchers.OneToManyMatcher`) rather than against K explicit copies,
-which gives the same losses. The criterion classes live in private transformers modules;
+which gives the same losses. RT-DETR, RT-DETRv2 and D-FINE (their own loss functions, denoising included) and Mask2Former
+(``model.get_loss_dict``) are supported through their own loss code: the one-to-many layers'
+terms come from a second call on the labels repeated K times (Mask2Former: matched with
+capacity K by hybridmatch's mask costs), the rest from the model's own call; see
+:func:`install_hybrid_loss`. DEIMv2, LW-DETR and RF-DETR are refused with the reason. In
+``model.eval()`` every model's own loss is returned unchanged. The criterion classes live in private transformers modules;
 this adapter is the only place hybridmatch imports them, and it names the transformers
 version when they are missing.
 """
