@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -219,6 +220,26 @@ class HybridCriterion(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}, key_map={self.key_map!r}"
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The scheme's state (its epoch and settings) for ``state_dict()``, under ``_extra_state``.
+
+        So a checkpoint of the criterion resumes the scheme in its phase:
+        ``load_state_dict`` restores the epoch (and checks the settings, see
+        :meth:`~hybridmatch.schemes.Scheme.load_state_dict`).
+        """
+        return {"scheme": self.scheme.state_dict(), "last_k": self._last_final_k}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore :meth:`get_extra_state`'s output (called by ``load_state_dict``)."""
+        if not isinstance(state, Mapping) or "scheme" not in state:
+            raise ConfigurationError(
+                f"HybridCriterion.load_state_dict: '_extra_state' must be the dict HybridCriterion.state_dict() "
+                f"saves (with the scheme's state), got {type(state).__name__}"
+            )
+        self.scheme.load_state_dict(state["scheme"])
+        last_k = state.get("last_k")
+        self._last_final_k = last_k if isinstance(last_k, int) and not isinstance(last_k, bool) else None
+
     # ------------------------------------------------------------------ weight dict
 
     @property
@@ -336,6 +357,13 @@ class HybridCriterion(torch.nn.Module):
                 f"outputs[{keys.logits!r}] is missing (got {present}); pass key_map= for another convention"
             )
         _check_targets_list(targets, keys.labels)
+        logits = outputs[keys.logits]
+        if isinstance(logits, Tensor) and logits.ndim >= 1 and logits.shape[0] != len(targets):
+            raise InvalidTargetError(
+                f"targets holds {len(targets)} dicts but outputs[{keys.logits!r}] has batch size "
+                f"{logits.shape[0]} (shape {tuple(logits.shape)}); pass one target dict per image, in the "
+                f"order of the batch"
+            )
         aux = _aux_layers(outputs, keys.aux_outputs)
         counts = [self._count(target, index) for index, target in enumerate(targets)]
 
@@ -614,7 +642,10 @@ class HybridCriterion(torch.nn.Module):
         return calls
 
     def _repeat(self, targets: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
-        return repeat_targets(targets, k, per_object_keys=self.per_object_keys, label_key=self.key_map.labels)
+        # Boxes are repeated when the targets have them; keypoints- or masks-only targets need none.
+        return repeat_targets(
+            targets, k, per_object_keys=self.per_object_keys, label_key=self.key_map.labels, require_boxes=False
+        )
 
     def _call(
         self, outputs: dict[str, Any], targets: Sequence[Mapping[str, Any]], group: Supervision, **kwargs: Any
@@ -711,7 +742,8 @@ def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]
         Tensor: the scalar total.
 
     Raises:
-        ConfigurationError: no key of ``losses`` has a weight.
+        ConfigurationError: no key of ``losses`` has a weight, or a weight used is not a finite
+            number (NaN, inf, a string).
 
     Example:
         >>> losses = {"loss_ce": torch.tensor(1.0), "class_error": torch.tensor(50.0)}
@@ -727,7 +759,15 @@ def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]
     unweighted = []
     for key, value in losses.items():
         if key in weight_dict:
-            term = weight_dict[key] * value
+            weight = weight_dict[key]
+            if isinstance(weight, Tensor) and weight.numel() == 1:
+                weight = float(weight)  # a one-element weight reads like a number
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+                raise ConfigurationError(
+                    f"weighted_loss: weight_dict[{key!r}] is {weight!r}; a loss weight must be a finite "
+                    f"number (NaN or inf would make the total NaN or inf); fix the weight dict"
+                )
+            term = weight * value
             total = term if total is None else total + term
         elif key.startswith("loss"):
             unweighted.append(key)

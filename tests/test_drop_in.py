@@ -15,9 +15,10 @@ import warnings
 import pytest
 import torch
 
-from hybridmatch import HungarianMatcher, OneToManyMatcher
-from hybridmatch.criterion import HybridCriterion, KeyMap
-from hybridmatch.errors import ConfigurationError, HybridMatchWarning
+from hybridmatch import HungarianMatcher, KeypointL1Cost, OneToManyMatcher
+from hybridmatch.criterion import HybridCriterion, KeyMap, weighted_loss
+from hybridmatch.errors import ConfigurationError, HybridMatchWarning, InvalidTargetError
+from hybridmatch.matchers import Hungarian, Matcher
 from hybridmatch.schemes import HybridBranch, HybridEpoch, HybridLayer
 
 from .detr_reference import DetrCriterion, DetrMatcher, SetCriterion, random_outputs, random_targets
@@ -264,3 +265,69 @@ def test_derive_names_the_foreign_matchers_module() -> None:
             HybridCriterion(criterion, HybridBranch(N1, N2, k=K), one2many_matcher="derive")
     finally:
         DetrMatcher.__name__ = DetrMatcher.__qualname__ = "DetrMatcher"
+
+
+# ------------------------------------------ bad input (issue 20, item 9, the criterion's part)
+
+
+def test_the_number_of_target_dicts_must_be_the_batch_size() -> None:
+    outputs = branch_outputs(8, [1, 2])  # B = 2
+    targets = random_targets(8, [1, 2, 1], NUM_CLASSES)  # 3 dicts, as a naive wrapper passes
+    criterion = HybridCriterion(WeightedDetrCriterion(num_aux=2), HybridBranch(N1, N2, k=K))
+    with pytest.raises(InvalidTargetError, match=r"3 dicts but outputs\['pred_logits'\] has batch size 2"):
+        criterion(outputs, targets)
+    with pytest.raises(InvalidTargetError, match="batch size 2"):
+        criterion.eval()(split(outputs, slice(0, N1)), targets)
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -float("inf"), torch.tensor(float("nan")), "2"])
+def test_weighted_loss_refuses_a_weight_that_is_not_a_finite_number(weight: object) -> None:
+    losses = {"loss_ce": torch.tensor(1.0), "loss_bbox": torch.tensor(2.0)}
+    with pytest.raises(ConfigurationError, match=r"weight_dict\['loss_bbox'\] is .*finite number"):
+        weighted_loss(losses, {"loss_ce": 1.0, "loss_bbox": weight})
+    assert float(weighted_loss(losses, {"loss_ce": 1.0, "loss_bbox": torch.tensor(3.0)})) == 7.0
+
+
+def test_the_criterions_state_dict_carries_the_schemes_epoch() -> None:
+    scheme = HybridEpoch(k=K, one2many_fraction=0.5, total_epochs=4)
+    criterion = HybridCriterion(WeightedDetrCriterion(num_aux=0), scheme)
+    scheme.step()
+    scheme.step()
+    state = criterion.state_dict()
+    resumed_scheme = HybridEpoch(k=K, one2many_fraction=0.5, total_epochs=4)
+    resumed = HybridCriterion(WeightedDetrCriterion(num_aux=0), resumed_scheme)
+    resumed.load_state_dict(state)
+    assert resumed_scheme.epoch == 2 and not resumed_scheme.is_one2many()
+    other = HybridCriterion(WeightedDetrCriterion(num_aux=0), HybridEpoch(k=K + 1, one2many_fraction=0.5, total_epochs=4))
+    with pytest.raises(ConfigurationError, match="k=3"):
+        other.load_state_dict(state)  # another recipe's checkpoint
+
+
+class KeypointCriterion(torch.nn.Module):
+    """A pose criterion: L1 on matched keypoints; its targets carry no boxes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matcher = Matcher(KeypointL1Cost(), Hungarian())
+
+    def forward(self, outputs, targets):
+        indices = self.matcher(outputs, targets)
+        num = max(sum(len(t["labels"]) for t in targets), 1)
+        pred = torch.cat([outputs["pred_keypoints"][b, q] for b, (q, _) in enumerate(indices)])
+        tgt = torch.cat([t["keypoints"][j][..., :2] for t, (_, j) in zip(targets, indices)])
+        return {"loss_keypoints": (pred - tgt).abs().sum() / num}
+
+
+def test_box_less_targets_are_repeated_as_they_are() -> None:
+    g = torch.Generator().manual_seed(9)
+    targets = [
+        {"labels": torch.zeros(m, dtype=torch.long), "keypoints": torch.rand(m, 17, 3, generator=g), "area": torch.rand(m, generator=g)}
+        for m in (2, 1)
+    ]
+    outputs = {"pred_logits": torch.randn(2, N1 + N2, 1, generator=g), "pred_keypoints": torch.rand(2, N1 + N2, 17, 2, generator=g)}
+    got = HybridCriterion(KeypointCriterion(), HybridBranch(N1, N2, k=K))(outputs, targets)
+    copies = [{key: value.repeat(K, *([1] * (value.ndim - 1))) for key, value in t.items()} for t in targets]
+    one2one = KeypointCriterion()({key: value[:, :N1] for key, value in outputs.items()}, targets)
+    one2many = KeypointCriterion()({key: value[:, N1:] for key, value in outputs.items()}, copies)
+    torch.testing.assert_close(got["loss_keypoints"], one2one["loss_keypoints"])
+    torch.testing.assert_close(got["loss_keypoints_one2many"], one2many["loss_keypoints"])
