@@ -60,9 +60,8 @@ from .solvers import (
     linear_sum_assignment,
     pairs_to_assignment,
 )
+from ._version import __version__
 from .targets import PaddedTargets, pad_targets, repeat_targets
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",

@@ -32,8 +32,10 @@ H-DETR).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,11 +45,10 @@ import torch
 from torch import Tensor
 
 from ._warnings import warn_once
-from .costs import Cost, CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
 from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from .matchers import Hungarian, Matcher, OneToManyMatcher, assignment_to_repeated
-from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, Scheme, Supervision
-from .targets import PER_IMAGE_KEYS, repeat_targets
+from .matchers._one2many import CopiesFromCapacity, capacity_of, one2many_matcher_for, override_matcher
+from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, HybridLayer, Scheme, Supervision
+from .targets import repeat_targets
 
 __all__ = ["HybridCriterion", "KeyMap", "hybrid_weight_dict", "weighted_loss"]
 
@@ -56,8 +57,8 @@ Matches = list[tuple[Tensor, Tensor]]
 
 _logger = logging.getLogger(__name__)
 
-# An auxiliary layer's loss key: the criterion's key with the layer index appended.
-_LAYER_KEY = re.compile(r"(.+)_(\d+)")
+# DETR's logging keys: returned next to the losses, never weighted.
+_LOGGING_PREFIXES = ("class_error", "cardinality_error")
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,17 @@ class KeyMap:
         labels (str): the target dicts' class labels, ``(M,)``.
         one2many_suffix (str): suffix of H-DETR's one-to-many output keys
             (``pred_logits_one2many``, ``aux_outputs_one2many``, ...).
+        layer_key (str): how the criterion names an earlier layer's loss, with the
+            placeholders ``{key}`` (the final layer's name, ``loss_ce``) and ``{layer}``
+            (its index in ``aux_outputs``): DETR's ``"{key}_{layer}"`` (``loss_ce_0``), or
+            e.g. ``"aux{layer}/{key}"``. :class:`~hybridmatch.schemes.HybridLayer` reads it
+            to give each layer's losses the model's layer index.
 
     Example:
         >>> KeyMap.huggingface().logits, KeyMap.huggingface().labels
         ('logits', 'class_labels')
+        >>> KeyMap(layer_key="aux{layer}/{key}").layer_name("loss_bbox", 2)
+        'aux2/loss_bbox'
     """
 
     logits: str = "pred_logits"
@@ -83,6 +91,32 @@ class KeyMap:
     enc_outputs: str = "enc_outputs"
     labels: str = "labels"
     one2many_suffix: str = "_one2many"
+    layer_key: str = "{key}_{layer}"
+
+    def __post_init__(self) -> None:
+        fields = ("logits", "aux_outputs", "enc_outputs", "labels", "one2many_suffix", "layer_key")
+        for name in fields:
+            value = getattr(self, name)
+            if not isinstance(value, str) or (not value and name != "one2many_suffix"):
+                raise ConfigurationError(f"KeyMap: {name} must be a non-empty str, got {value!r}")
+        layer_key = self.layer_key
+        if layer_key.count("{key}") != 1 or layer_key.count("{layer}") != 1:
+            raise ConfigurationError(
+                f"KeyMap: layer_key must hold '{{key}}' and '{{layer}}' once each (DETR: '{{key}}_{{layer}}'), "
+                f"got {layer_key!r}"
+            )
+        pattern = re.escape(layer_key).replace(re.escape("{key}"), "(?P<key>.+)")
+        pattern = pattern.replace(re.escape("{layer}"), r"(?P<layer>\d+)")
+        object.__setattr__(self, "_layer_pattern", re.compile(pattern))
+
+    def layer_name(self, key: str, layer: int) -> str:
+        """The loss name of ``key`` at earlier layer ``layer`` (``aux_outputs[layer]``)."""
+        return self.layer_key.replace("{key}", key).replace("{layer}", str(layer))
+
+    def split_layer_name(self, name: str) -> tuple[str, int] | None:
+        """``(key, layer)`` of a per-layer loss name, or None for another name."""
+        match = self._layer_pattern.fullmatch(name)  # type: ignore[attr-defined]
+        return None if match is None else (match["key"], int(match["layer"]))
 
     @classmethod
     def huggingface(cls) -> KeyMap:
@@ -169,7 +203,10 @@ class HybridCriterion(torch.nn.Module):
                 f"got {type(scheme).__name__}"
             )
         if one2many_matcher is not None:
-            one2many_matcher = _one2many_matcher_for(criterion, scheme, one2many_matcher)
+            k = getattr(scheme, "k", None)
+            one2many_matcher = one2many_matcher_for(criterion, k, repr(scheme), one2many_matcher)
+        if key_map is not None and not isinstance(key_map, KeyMap):
+            raise TypeError(f"key_map must be a hybridmatch.criterion.KeyMap, got {type(key_map).__name__}")
         self.criterion = criterion
         self.scheme = scheme
         self.key_map = key_map if key_map is not None else KeyMap()
@@ -177,9 +214,120 @@ class HybridCriterion(torch.nn.Module):
         self.per_object_keys = per_object_keys
         self._last_final_k: int | None = None
         self._switch_logged = False
+        self._weight_dict: dict[str, float] | None = None
+        self._epoch_parameter = _takes_epoch(criterion)
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}, key_map={self.key_map!r}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The scheme's state (its epoch and settings) for ``state_dict()``, under ``_extra_state``.
+
+        So a checkpoint of the criterion resumes the scheme in its phase:
+        ``load_state_dict`` restores the epoch (and checks the settings, see
+        :meth:`~hybridmatch.schemes.Scheme.load_state_dict`).
+        """
+        return {"scheme": self.scheme.state_dict(), "last_k": self._last_final_k}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore :meth:`get_extra_state`'s output (called by ``load_state_dict``)."""
+        if not isinstance(state, Mapping) or "scheme" not in state:
+            raise ConfigurationError(
+                f"HybridCriterion.load_state_dict: '_extra_state' must be the dict HybridCriterion.state_dict() "
+                f"saves (with the scheme's state), got {type(state).__name__}"
+            )
+        self.scheme.load_state_dict(state["scheme"])
+        last_k = state.get("last_k")
+        self._last_final_k = last_k if isinstance(last_k, int) and not isinstance(last_k, bool) else None
+
+    # ------------------------------------------------------------------ weight dict
+
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        """The loss weights of every key this criterion returns, as DETR engines read them.
+
+        By default :func:`hybrid_weight_dict` of the wrapped criterion's ``weight_dict``
+        (read at each access): its keys plus, for a :class:`~hybridmatch.schemes.HybridBranch`,
+        a ``_one2many`` copy of each with the same weight. DETR's logging keys
+        (``class_error``, ``cardinality_error``) have no weight, as in DETR. So the lines
+        DETR, Deformable-DETR and H-DETR's ``train_one_epoch`` and ``evaluate`` use run
+        unchanged and weight every loss::
+
+            loss_dict = criterion(outputs, targets)
+            weight_dict = criterion.weight_dict
+            losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict.keys() if k in weight_dict)
+
+        Setting it replaces the dict (taken as given, not extended); a dict that lacks
+        ``_one2many`` keys of the scheme is warned about at once, and a loss key the
+        criterion returns without a weight is warned about once, by name, at the call
+        that returns it (DETR's loss line would leave it out silently).
+
+        Raises:
+            AttributeError: the wrapped criterion has no ``weight_dict`` and none was set.
+
+        Example:
+            >>> from hybridmatch.schemes import HybridBranch
+            >>> class SetCriterion:                     # a DETR criterion: weights, matcher, losses
+            ...     weight_dict = {"loss_ce": 1.0, "loss_bbox": 5.0}
+            ...     def __call__(self, outputs, targets):
+            ...         return {"loss_ce": torch.tensor(1.0), "loss_bbox": torch.tensor(0.5)}
+            >>> criterion = HybridCriterion(SetCriterion(), HybridBranch(2, 4, k=2))
+            >>> criterion.weight_dict
+            {'loss_ce': 1.0, 'loss_bbox': 5.0, 'loss_ce_one2many': 1.0, 'loss_bbox_one2many': 5.0}
+        """
+        if self._weight_dict is not None:
+            return self._weight_dict
+        base = getattr(self.criterion, "weight_dict", None)
+        if not isinstance(base, Mapping):
+            raise AttributeError(self._no_weight_dict())
+        return hybrid_weight_dict(base, self.scheme)
+
+    @weight_dict.setter
+    def weight_dict(self, weight_dict: Mapping[str, float]) -> None:
+        if not isinstance(weight_dict, Mapping):
+            raise ConfigurationError(
+                f"HybridCriterion.weight_dict must be a dict of loss name -> weight, got {type(weight_dict).__name__}"
+            )
+        missing = [key for key in hybrid_weight_dict(weight_dict, self.scheme) if key not in weight_dict]
+        if missing:
+            warn_once(
+                f"criterion.weight_dict_set:{id(self)}:{','.join(missing)}",
+                f"HybridCriterion.weight_dict was set to a dict without the one-to-many keys {missing} of "
+                f"{self.scheme!r}: DETR's loss line would train one-to-one only. Leave it unset (it extends "
+                f"the wrapped criterion's weight_dict) or set hybrid_weight_dict(weight_dict, scheme)",
+            )
+        self._weight_dict = dict(weight_dict)
+
+    def _no_weight_dict(self) -> str:
+        return (
+            f"HybridCriterion.weight_dict: the wrapped {type(self.criterion).__name__} has no weight_dict "
+            f"to extend; set criterion.weight_dict = hybrid_weight_dict(weights, scheme) with your loss weights"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight_dict":  # the property raised: keep its message, not nn.Module's
+            raise AttributeError(self._no_weight_dict())
+        return super().__getattr__(name)
+
+    def _check_weighted(self, losses: Mapping[str, Any]) -> None:
+        """Warn once about loss keys the weight dict in use leaves out (DETR's loss line drops them)."""
+        weights = self._weight_dict
+        if weights is None:
+            base = getattr(self.criterion, "weight_dict", None)
+            if not isinstance(base, Mapping):
+                return
+            weights = hybrid_weight_dict(base, self.scheme)
+        missing = [
+            key for key in losses if key not in weights and not key.startswith(_LOGGING_PREFIXES)
+        ]
+        if missing:
+            warn_once(
+                f"criterion.unweighted:{id(self)}:{','.join(missing)}",
+                f"HybridCriterion returned {missing}, which have no weight in criterion.weight_dict, so "
+                f"DETR's loss line (sum of loss_dict[k] * weight_dict[k] for k in weight_dict) leaves them "
+                f"out of the total; give them a weight (hybrid_weight_dict(weight_dict, scheme) adds the "
+                f"_one2many keys)",
+            )
 
     def forward(
         self,
@@ -209,16 +357,30 @@ class HybridCriterion(torch.nn.Module):
                 f"outputs[{keys.logits!r}] is missing (got {present}); pass key_map= for another convention"
             )
         _check_targets_list(targets, keys.labels)
+        logits = outputs[keys.logits]
+        if isinstance(logits, Tensor) and logits.ndim >= 1 and logits.shape[0] != len(targets):
+            raise InvalidTargetError(
+                f"targets holds {len(targets)} dicts but outputs[{keys.logits!r}] has batch size "
+                f"{logits.shape[0]} (shape {tuple(logits.shape)}); pass one target dict per image, in the "
+                f"order of the batch"
+            )
         aux = _aux_layers(outputs, keys.aux_outputs)
         counts = [self._count(target, index) for index, target in enumerate(targets)]
 
+        if self._epoch_parameter and "epoch" not in kwargs:
+            # The wrapped criterion takes the epoch too: hand it the one this call supervises for.
+            kwargs["epoch"] = self.scheme.epoch if epoch is None else epoch
+
         one2one = self._one2one_only(outputs, aux)
         if one2one is not None:
-            return dict(_check_result(self.criterion(one2one, targets, **kwargs), "criterion"))
+            result = dict(_check_result(self.criterion(one2one, targets, **kwargs), "criterion"))
+            self._check_weighted(result)
+            return result
 
         self._check_query_counts(outputs, aux)
         num_layers = len(aux) + 1
         self.scheme.check_targets(max(counts, default=0), epoch)
+        self._check_layers_found(outputs, aux, num_layers)
         plan: list[tuple[Supervision, list[int]]] = []
         for layer in range(num_layers):
             for group in self.scheme.supervision(layer, num_layers, epoch):
@@ -239,11 +401,63 @@ class HybridCriterion(torch.nn.Module):
             group_targets = repeated[group.k] if group.k > 1 else targets
             for call_outputs, first, num_aux, keep_final in self._layer_calls(group_outputs, layers, num_layers):
                 result = self._call(call_outputs, group_targets, group, **kwargs)
-                for key, value in _layer_losses(result, first, num_aux, keep_final).items():
+                for key, value in self._layer_losses(result, first, num_aux, keep_final).items():
                     name = f"{key}{group.suffix}"
                     value = value * group.weight if group.weight != 1.0 else value
                     losses[name] = losses[name] + value if name in losses else value
+        self._check_weighted(losses)
         return losses
+
+    def _check_layers_found(self, outputs: Mapping[str, Any], aux: list[Mapping[str, Any]], num_layers: int) -> None:
+        """A layer scheme on outputs without earlier layers: point at the key they are under."""
+        scheme = self.scheme
+        if not isinstance(scheme, HybridLayer) or scheme.num_one2many_layers < num_layers:
+            return
+        others = [
+            key
+            for key, value in outputs.items()
+            if key != self.key_map.aux_outputs
+            and isinstance(value, (list, tuple))
+            and len(value) > 0
+            and all(isinstance(layer, Mapping) for layer in value)
+        ]
+        where = (
+            f"; outputs{others} holds a list of per-layer dicts: if those are the earlier layers, pass "
+            f"key_map=KeyMap(aux_outputs={others[0]!r})"
+            if others
+            else f" (outputs has no {self.key_map.aux_outputs!r}: does the model return its earlier layers?)"
+        )
+        raise ConfigurationError(
+            f"HybridLayer: num_one2many_layers={scheme.num_one2many_layers} must be < num_layers={num_layers}, "
+            f"the decoder layers found in the outputs (the final one plus {len(aux)} in "
+            f"outputs[{self.key_map.aux_outputs!r}]){where}"
+        )
+
+    def _layer_losses(
+        self, result: Mapping[str, Tensor], first: int, num_aux: int, keep_final: bool
+    ) -> dict[str, Tensor]:
+        """A call's losses under the model's layer indices (see ``HybridCriterion._layer_calls``)."""
+        if first == 0 and keep_final:
+            return dict(result)
+        keys = self.key_map
+        out = {}
+        found = False
+        for key, value in result.items():
+            split = keys.split_layer_name(key)
+            if split is not None and split[1] < num_aux:
+                out[keys.layer_name(split[0], split[1] + first)] = value
+                found = True
+            elif keep_final:
+                out[key] = value
+        if num_aux > 0 and not found:
+            raise ConfigurationError(
+                f"HybridCriterion: the criterion was given {num_aux} earlier layer(s) in "
+                f"outputs[{keys.aux_outputs!r}] but none of its loss keys {list(result)} names a layer as "
+                f"{keys.layer_key!r}, so those layers' losses would be lost; pass "
+                f"key_map=KeyMap(layer_key=...) with the criterion's naming, e.g. 'aux{{layer}}/{{key}}' "
+                f"for 'aux0/loss_bbox'"
+            )
+        return out
 
     # ------------------------------------------------------------------ helpers
 
@@ -361,18 +575,8 @@ class HybridCriterion(torch.nn.Module):
         if not isinstance(self.scheme, HybridEpoch):
             return
         k = self.scheme.supervision(num_layers - 1, num_layers, epoch)[0].k
-        if self._last_final_k is not None and self._last_final_k > 1 and k == 1 and not self._switch_logged:
+        if not self._switch_logged and note_epoch_switch(self.scheme, self._last_final_k, k):
             self._switch_logged = True
-            _logger.warning(
-                "HybridCriterion: %r switched from one-to-many (K=%d) to one-to-one matching. "
-                "In the one-to-many epochs the criterion's num_boxes counted the K copies of each "
-                "object, so losses summed over every query (the 'no object' part of the "
-                "classification loss) were divided by about K=%d more than now: expect the loss "
-                "to jump at this epoch; this is H-DETR's normalisation, not a divergence.",
-                self.scheme,
-                self._last_final_k,
-                self._last_final_k,
-            )
         self._last_final_k = k
 
     def _group_outputs(self, outputs: Mapping[str, Any], group: Supervision) -> dict[str, Any]:
@@ -438,32 +642,46 @@ class HybridCriterion(torch.nn.Module):
         return calls
 
     def _repeat(self, targets: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
-        label_key = self.key_map.labels
-        if label_key == "labels":
-            return repeat_targets(targets, k, per_object_keys=self.per_object_keys)
-        renamed = [{("labels" if key == label_key else key): value for key, value in t.items()} for t in targets]
-        out = repeat_targets(renamed, k, per_object_keys=self.per_object_keys)
-        return [{(label_key if key == "labels" else key): value for key, value in t.items()} for t in out]
+        # Boxes are repeated when the targets have them; keypoints- or masks-only targets need none.
+        return repeat_targets(
+            targets, k, per_object_keys=self.per_object_keys, label_key=self.key_map.labels, require_boxes=False
+        )
 
     def _call(
         self, outputs: dict[str, Any], targets: Sequence[Mapping[str, Any]], group: Supervision, **kwargs: Any
     ) -> Mapping[str, Tensor]:
         if group.k == 1 or self.one2many_matcher is None:
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
-        capacity = _capacity(self.one2many_matcher)
+        capacity = capacity_of(self.one2many_matcher)
         if capacity is not None and capacity != group.k:
             raise ConfigurationError(
                 f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
                 f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
             )
-        original = self.criterion.matcher  # type: ignore[attr-defined]
-        self.criterion.matcher = _CopiesFromCapacity(  # type: ignore[attr-defined]
-            self.one2many_matcher, group.k, self.key_map.labels
-        )
-        try:
+        stand_in = CopiesFromCapacity(self.one2many_matcher, group.k, self.key_map.labels)
+        with override_matcher(self.criterion, stand_in):
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
-        finally:
-            self.criterion.matcher = original  # type: ignore[attr-defined]
+
+
+def note_epoch_switch(scheme: Scheme, last_k: int | None, k: int) -> bool:
+    """Log (WARNING) that ``scheme`` switched from one-to-many (``last_k``) to one-to-one (``k``).
+
+    Returns whether it logged: only when ``last_k > 1`` and ``k == 1``. Shared by the
+    criterion wrapper and the transformers adapter, which each log it once.
+    """
+    if last_k is None or last_k <= 1 or k != 1:
+        return False
+    _logger.warning(
+        "HybridCriterion: %r switched from one-to-many (K=%d) to one-to-one matching. "
+        "In the one-to-many epochs the criterion's num_boxes counted the K copies of each "
+        "object, so losses summed over every query (the 'no object' part of the "
+        "classification loss) were divided by about K=%d more than now: expect the loss "
+        "to jump at this epoch; this is H-DETR's normalisation, not a divergence.",
+        scheme,
+        last_k,
+        last_k,
+    )
+    return True
 
 
 def hybrid_weight_dict(weight_dict: Mapping[str, float], scheme: Scheme) -> dict[str, float]:
@@ -524,7 +742,8 @@ def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]
         Tensor: the scalar total.
 
     Raises:
-        ConfigurationError: no key of ``losses`` has a weight.
+        ConfigurationError: no key of ``losses`` has a weight, or a weight used is not a finite
+            number (NaN, inf, a string).
 
     Example:
         >>> losses = {"loss_ce": torch.tensor(1.0), "class_error": torch.tensor(50.0)}
@@ -540,7 +759,15 @@ def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]
     unweighted = []
     for key, value in losses.items():
         if key in weight_dict:
-            term = weight_dict[key] * value
+            weight = weight_dict[key]
+            if isinstance(weight, Tensor) and weight.numel() == 1:
+                weight = float(weight)  # a one-element weight reads like a number
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+                raise ConfigurationError(
+                    f"weighted_loss: weight_dict[{key!r}] is {weight!r}; a loss weight must be a finite "
+                    f"number (NaN or inf would make the total NaN or inf); fix the weight dict"
+                )
+            term = weight * value
             total = term if total is None else total + term
         elif key.startswith("loss"):
             unweighted.append(key)
@@ -619,157 +846,28 @@ def _check_result(result: object, name: str) -> Mapping[str, Tensor]:
             f"DETR convention); if it returns (losses, extras), as H-DETR's timing criterion does, "
             f"wrap it: lambda outputs, targets: criterion(outputs, targets)[0]"
         )
+    for key, value in result.items():
+        if not isinstance(value, Tensor) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ConfigurationError(
+                f"{name} returned {key!r}: a {type(value).__name__}, but every value must be a loss Tensor "
+                f"(the DETR convention: a flat dict of loss name -> Tensor); flatten nested dicts into "
+                f"their own keys (e.g. '{key}/<name>')"
+            )
     return result
 
 
-def _layer_losses(result: Mapping[str, Tensor], first: int, num_aux: int, keep_final: bool) -> dict[str, Tensor]:
-    """A call's losses under the model's layer indices (see ``HybridCriterion._layer_calls``)."""
-    if first == 0 and keep_final:
-        return dict(result)
-    out = {}
-    for key, value in result.items():
-        match = _LAYER_KEY.fullmatch(key)
-        if match is not None and int(match[2]) < num_aux:
-            out[f"{match[1]}_{int(match[2]) + first}"] = value
-        elif keep_final:
-            out[key] = value
-    return out
-
-
-def _capacity(matcher: object) -> int | None:
-    """The most queries one target can take from ``matcher``, where it can be read."""
-    if isinstance(matcher, Matcher):
-        return matcher.assigner.max_per_target
-    for name in ("capacity", "k"):
-        value = getattr(matcher, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _derive_one2many_matcher(matcher: Matcher, k: int) -> Matcher:
-    """``matcher``'s cost with a capacity-K Hungarian assigner (its backend and NaN policy kept)."""
-    assigner = matcher.assigner
-    if not isinstance(assigner, Hungarian):
-        raise ConfigurationError(
-            f"one2many_matcher='derive' gives criterion.matcher's cost a capacity-K Hungarian assigner, "
-            f"but criterion.matcher assigns with {assigner!r}; pass the one-to-many matcher yourself"
-        )
-    return OneToManyMatcher(k, cost=matcher.cost, backend=assigner.backend, nan_policy=assigner.nan_policy)
-
-
-def _one2many_matcher_for(criterion: Any, scheme: Scheme, given: Any) -> Callable[..., Matches]:
-    """The one-to-many matcher to use, derived or checked against ``criterion.matcher``."""
-    if not hasattr(criterion, "matcher"):
-        raise TypeError(
-            "one2many_matcher replaces criterion.matcher during one-to-many calls, but the "
-            f"{type(criterion).__name__} passed has no 'matcher' attribute"
-        )
-    matcher = criterion.matcher
-    k = getattr(scheme, "k", None)
-    ours = isinstance(matcher, Matcher)
-    if isinstance(given, str):
-        if given != "derive":
-            raise ConfigurationError(
-                f"one2many_matcher must be a matcher, 'derive' or None, got {given!r}"
-            )
-        if not ours:
-            raise ConfigurationError(
-                f"one2many_matcher='derive' builds the matcher from criterion.matcher, but that is a "
-                f"{type(matcher).__name__}, not a hybridmatch matcher; pass "
-                f"one2many_matcher=OneToManyMatcher(k={k}, cost_class=..., cost_bbox=..., cost_giou=..., "
-                f"class_cost=...) with its costs (DETR's matcher: class_cost='softmax'; "
-                f"Deformable-DETR's and H-DETR's: 'focal')"
-            )
-        if not isinstance(k, int):
-            raise ConfigurationError(f"one2many_matcher='derive' needs a scheme with a k, got {scheme!r}")
-        return _derive_one2many_matcher(matcher, k)
-    if not callable(given):
-        raise TypeError(f"one2many_matcher must be callable (outputs, targets) -> matches, got {type(given).__name__}")
-    capacity = _capacity(given)
-    if isinstance(k, int) and capacity is not None and capacity != k:
-        raise ConfigurationError(
-            f"one2many_matcher lets a target take {capacity} queries but {scheme!r} repeats the "
-            f"targets K={k} times; build it with OneToManyMatcher(k={k}) or one2many_matcher='derive'"
-        )
-    cost = getattr(given, "cost", None)
-    if not isinstance(cost, Cost):
-        return given  # a matcher of its own kind: its costs cannot be read
-    if ours:
-        if _cost_signature(cost) != _cost_signature(matcher.cost):
-            raise ConfigurationError(
-                f"one2many_matcher's cost {cost!r} differs from criterion.matcher's {matcher.cost!r}; the "
-                f"one-to-many losses would not be those of matching the copies. Use "
-                f"one2many_matcher='derive' (the same cost, capacity K={k})"
-            )
-        return given
-    _check_foreign_costs(cost, matcher, criterion, k)
-    return given
-
-
-def _cost_signature(cost: Cost) -> tuple[Any, ...]:
-    """A comparable description of a cost: its weighted terms, zero weights left out."""
-    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
-    return tuple(
-        sorted(
-            (float(weight), type(term).__name__, _settings(term))
-            for weight, term in terms
-            if weight != 0
-        )
+def _takes_epoch(criterion: object) -> bool:
+    """Whether calling ``criterion`` takes an ``epoch`` argument by name."""
+    call = criterion.forward if isinstance(criterion, torch.nn.Module) else criterion
+    try:
+        parameters = inspect.signature(call).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get("epoch")
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
     )
-
-
-def _settings(cost: Cost) -> tuple[tuple[str, str], ...]:
-    """A cost's public settings (private state such as a random stream left out)."""
-    return tuple(sorted((k, repr(v)) for k, v in vars(cost).items() if not k.startswith("_")))
-
-
-def _check_foreign_costs(cost: Cost, matcher: Any, criterion: Any, k: object) -> None:
-    """Compare a hybridmatch cost with a DETR-style matcher's readable weights."""
-    terms = cost.terms if isinstance(cost, CostSum) else ((1.0, cost),)
-    weights = {"cost_class": 0.0, "cost_bbox": 0.0, "cost_giou": 0.0}
-    class_kinds = set()
-    for weight, term in terms:
-        if isinstance(term, (FocalClassCost, SoftmaxClassCost)):
-            weights["cost_class"] += float(weight)
-            class_kinds.add("focal" if isinstance(term, FocalClassCost) else "softmax")
-        elif isinstance(term, L1BoxCost):
-            weights["cost_bbox"] += float(weight)
-        elif isinstance(term, GIoUCost):
-            weights["cost_giou"] += float(weight)
-        else:
-            return  # another kind of cost: nothing comparable
-    mismatched = []
-    for name, ours in weights.items():
-        theirs = getattr(matcher, name, None)
-        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
-            if not math.isclose(float(theirs), ours, rel_tol=1e-6, abs_tol=1e-9):
-                mismatched.append(f"{name}={theirs!r} (one2many_matcher: {ours!r})")
-    expected_kind = None
-    if hasattr(criterion, "focal_alpha"):
-        expected_kind = "focal"
-    elif hasattr(criterion, "eos_coef") or hasattr(criterion, "empty_weight"):
-        expected_kind = "softmax"
-    if expected_kind is not None and class_kinds and class_kinds != {expected_kind}:
-        mismatched.append(
-            f"class cost {expected_kind} (the criterion has "
-            f"{'focal_alpha, as Deformable-DETR' if expected_kind == 'focal' else 'eos_coef, as DETR'}'s; "
-            f"one2many_matcher: "
-            f"{'/'.join(sorted(class_kinds))})"
-        )
-    if mismatched:
-        kind = (
-            f"class_cost={expected_kind!r}"
-            if expected_kind
-            else "class_cost='softmax' (DETR) or 'focal' (Deformable-DETR, H-DETR)"
-        )
-        read = {name: getattr(matcher, name) for name in weights if hasattr(matcher, name)}
-        args = "".join(f"{name}={value!r}, " for name, value in read.items())
-        raise ConfigurationError(
-            f"one2many_matcher's costs differ from criterion.matcher ({type(matcher).__name__}): "
-            f"{'; '.join(mismatched)}. The one-to-many losses would silently change; build it as "
-            f"OneToManyMatcher(k={k}, {args}{kind})"
-        )
 
 
 def _slice_queries(layer: Mapping[str, Any], queries: slice, total: int) -> dict[str, Any]:
@@ -777,49 +875,3 @@ def _slice_queries(layer: Mapping[str, Any], queries: slice, total: int) -> dict
         key: value[:, queries] if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == total else value
         for key, value in layer.items()
     }
-
-
-def _spread_over_copies(pred_idx: Tensor, tgt_idx: Tensor, num_targets: int) -> Tensor:
-    """Indices into the GT-major repeated targets for one image's pairs (distinct copies)."""
-    if pred_idx.numel() == 0:
-        return tgt_idx.clone()
-    row = torch.full((1, int(pred_idx.max()) + 1), -1, dtype=torch.int64, device=pred_idx.device)
-    row[0, pred_idx] = tgt_idx.long()
-    return assignment_to_repeated(row, [num_targets])[0, pred_idx]
-
-
-class _CopiesFromCapacity(torch.nn.Module):
-    """Stands in for a criterion's matcher in one-to-many calls.
-
-    It receives the repeated targets, matches the original objects with a capacity-K
-    matcher, and hands back indices into the repeated targets. A module, so that it can
-    replace a matcher that is a registered submodule of the criterion.
-    """
-
-    def __init__(self, matcher: Callable[..., Matches], k: int, label_key: str) -> None:
-        super().__init__()
-        self.matcher = matcher
-        self.k = k
-        self.label_key = label_key
-
-    def forward(
-        self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any, **kwargs: Any
-    ) -> Matches:
-        originals = []
-        for target in targets:
-            m = len(target[self.label_key]) // self.k
-            originals.append(
-                {
-                    key: value[:m] if key not in PER_IMAGE_KEYS and _per_object(value, m * self.k) else value
-                    for key, value in target.items()
-                }
-            )
-        matches = self.matcher(outputs, originals, *args, **kwargs)
-        out = []
-        for (pred_idx, tgt_idx), target in zip(matches, originals):
-            out.append((pred_idx, _spread_over_copies(pred_idx, tgt_idx, len(target[self.label_key]))))
-        return out
-
-
-def _per_object(value: Any, length: int) -> bool:
-    return isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == length

@@ -272,7 +272,13 @@ class Scheme(abc.ABC):
                 f"{where}: state lacks {missing}; pass the dict returned by state_dict()"
             )
         version = state.get("version", _STATE_VERSION)
-        if not isinstance(version, int) or version > _STATE_VERSION:
+        if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
+            raise ConfigurationError(
+                f"{where}: state['version'] must be an int >= 1 (the layout version state_dict() "
+                f"writes, {_STATE_VERSION} today), got {version!r} ({type(version).__name__}); the "
+                f"state was not written by state_dict() or was edited: save it again with state_dict()"
+            )
+        if version > _STATE_VERSION:
             raise ConfigurationError(
                 f"{where}: state has version {version!r}, this hybridmatch reads versions "
                 f"<= {_STATE_VERSION}; upgrade hybridmatch to load it"

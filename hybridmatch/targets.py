@@ -46,6 +46,8 @@ __all__ = [
     "repeat_targets",
     "repeat_padded_targets",
     "original_target_index",
+    "repeated_index",
+    "split_repeated_index",
 ]
 
 #: Keys that always describe the whole image, never one object, whatever their shape.
@@ -321,6 +323,7 @@ def repeat_targets(
     *,
     per_object_keys: Sequence[str] | None = None,
     require_boxes: bool = True,
+    label_key: str = "labels",
 ) -> list[dict[str, Any]]:
     """Repeat every image's ground truth ``k`` times, GT-major, as H-DETR's one-to-many branch does.
 
@@ -334,7 +337,10 @@ def repeat_targets(
         targets: ``B`` dicts with ``labels`` ``Tensor[M_i]`` and ``boxes`` ``Tensor[M_i, 4]``.
         k: the number of copies ``K``, an ``int >= 1`` (H-DETR uses 6).
         per_object_keys: the extra per-object keys to tile; ``None`` detects them.
-        require_boxes: with ``False``, targets without ``boxes`` are accepted.
+        require_boxes: with ``False``, targets without ``boxes`` are accepted (keypoints-
+            or masks-only targets); with ``True`` every image needs them.
+        label_key: the key of the class labels, ``"labels"`` (DETR) or ``"class_labels"``
+            (Hugging Face); it sets ``M_i`` and is tiled like ``labels``.
 
     Returns:
         ``B`` new dicts with ``labels`` ``Tensor[K * M_i]``, ``boxes`` ``Tensor[K * M_i, 4]``,
@@ -351,9 +357,11 @@ def repeat_targets(
         tensor([4, 9, 4, 9, 4, 9])
     """
     k = _check_copies(k, caller="repeat_targets")
-    counts, _ = _validate_core(targets, caller="repeat_targets", require_boxes=require_boxes)
+    counts, _ = _validate_core(
+        targets, caller="repeat_targets", require_boxes=require_boxes, label_key=label_key
+    )
     keys = set(_resolve_per_object_keys(targets, counts, per_object_keys, caller="repeat_targets"))
-    keys.update(_CORE_KEYS)
+    keys.update(("boxes", label_key))
     out: list[dict[str, Any]] = []
     for image in targets:
         repeated: dict[str, Any] = {}
@@ -396,7 +404,7 @@ def repeat_padded_targets(padded: PaddedTargets, k: int) -> PaddedTargets:
     slot = torch.arange(k * max_targets, device=device)[None, :]  # (1, K * M_max)
     valid = slot < k * counts  # (B, K * M_max)
     # Slot j of image b reads object j % M_b; images without objects read slot 0 (masked out).
-    source = slot % counts.clamp(min=1)
+    source = split_repeated_index(slot, counts.clamp(min=1))[1]
     rows = torch.arange(batch_size, device=device)[:, None]
 
     labels = torch.where(valid, padded.labels[rows, source], PADDING_LABEL)
@@ -481,7 +489,7 @@ def original_target_index(
                     "image, so every index must be -1"
                 )
             return torch.full_like(index, -1)
-        return torch.where(index < 0, -1, index % m)
+        return torch.where(index < 0, -1, split_repeated_index(index, m)[1])
 
     if isinstance(num_targets, Tensor):
         counts = num_targets
@@ -522,11 +530,57 @@ def original_target_index(
                 f"{int(index[tuple(position)])} but {image} has num_targets = 0; an image "
                 f"without objects can only have unmatched (-1) indices"
             )
-    return torch.where((index < 0) | (counts == 0), -1, index % counts.clamp(min=1))
+    return torch.where((index < 0) | (counts == 0), -1, split_repeated_index(index, counts.clamp(min=1))[1])
 
 
 # --------------------------------------------------------------------------------------------
 # Private helpers shared by the functions above.
+
+
+def repeated_index(copy: Any, target: Any, num_targets: Any) -> Any:
+    """The GT-major rule: copy ``r`` of target ``j`` is index ``r * M + j`` of the repeated targets.
+
+    :func:`repeat_targets` tiles an image's ``M`` objects ``[g_1 .. g_M, g_1 .. g_M, ...]``,
+    as H-DETR does; this function and its inverse :func:`split_repeated_index` are the one
+    place that layout is written down. Every argument may be an int, a NumPy array or a
+    Tensor (broadcast as the operators ``*`` and ``+`` do); nothing is validated.
+
+    Args:
+        copy: ``r``, the copy number, in ``[0, K)``.
+        target: ``j``, the original object, in ``[0, M)``.
+        num_targets: ``M``, the original objects of the image.
+
+    Returns:
+        ``r * M + j``, of the arguments' type.
+
+    Example:
+        >>> from hybridmatch.targets import repeated_index
+        >>> repeated_index(2, 1, 3)   # third copy of object 1 among 3 objects
+        7
+    """
+    return copy * num_targets + target
+
+
+def split_repeated_index(index: Any, num_targets: Any) -> tuple[Any, Any]:
+    """The inverse of :func:`repeated_index`: ``(r, j) = (index // M, index % M)``.
+
+    ``M`` must be positive where ``index`` is used (an image without objects has no
+    copies). Ints, NumPy arrays and Tensors are accepted as in :func:`repeated_index`;
+    :func:`original_target_index` is the validated, ``-1``-preserving form for matches.
+
+    Args:
+        index: an index into the GT-major repeated targets, ``>= 0``.
+        num_targets: ``M``, the original objects of the image, ``>= 1``.
+
+    Returns:
+        ``(copy, target)``, of the arguments' type.
+
+    Example:
+        >>> from hybridmatch.targets import split_repeated_index
+        >>> split_repeated_index(7, 3)
+        (2, 1)
+    """
+    return index // num_targets, index % num_targets
 
 
 def _check_copies(k: object, *, caller: str) -> int:
@@ -548,9 +602,9 @@ def _is_integer_dtype(dtype: torch.dtype) -> bool:
 
 
 def _validate_core(
-    targets: Sequence[Mapping[str, Any]], *, caller: str, require_boxes: bool = True
+    targets: Sequence[Mapping[str, Any]], *, caller: str, require_boxes: bool = True, label_key: str = "labels"
 ) -> tuple[list[int], bool]:
-    """Check ``labels`` and ``boxes`` of every image; return ``M_i`` per image and whether boxes exist."""
+    """Check ``labels`` (under ``label_key``) and ``boxes`` of every image; return ``M_i`` per image and whether boxes exist."""
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise InvalidTargetError(
             f"{caller}: targets must be a list of per-image dicts, got "
@@ -568,15 +622,15 @@ def _validate_core(
     for i, image in enumerate(targets):
         if not isinstance(image, Mapping):
             raise InvalidTargetError(
-                f"{caller}: targets[{i}] must be a dict with 'labels' and 'boxes', got "
+                f"{caller}: targets[{i}] must be a dict with {label_key!r} and 'boxes', got "
                 f"{type(image).__name__}"
             )
-        for key in _CORE_KEYS if has_boxes else ("labels",):
+        for key in (label_key, "boxes") if has_boxes else (label_key,):
             if key not in image:
                 raise InvalidTargetError(
                     f"{caller}: targets[{i}] has no {key!r} (keys: {sorted(map(str, image))}); "
-                    f"every image needs 'labels' (M_i,) int64 and 'boxes' (M_i, 4) cxcywh, "
-                    f"with labels=torch.zeros(0, dtype=torch.int64) and boxes=torch.zeros(0, 4) "
+                    f"every image needs {label_key!r} (M_i,) int64 and 'boxes' (M_i, 4) cxcywh, "
+                    f"with {label_key}=torch.zeros(0, dtype=torch.int64) and boxes=torch.zeros(0, 4) "
                     f"for an image without objects"
                 )
             if not isinstance(image[key], Tensor):
@@ -584,16 +638,16 @@ def _validate_core(
                     f"{caller}: targets[{i}][{key!r}] must be a Tensor, got "
                     f"{type(image[key]).__name__}; convert it with torch.as_tensor"
                 )
-        labels = image["labels"]
+        labels = image[label_key]
         if not _is_integer_dtype(labels.dtype):
             raise InvalidTargetError(
-                f"{caller}: targets[{i}]['labels'] has dtype {labels.dtype}; labels must be "
+                f"{caller}: targets[{i}][{label_key!r}] has dtype {labels.dtype}; labels must be "
                 f"integer class ids, e.g. labels.to(torch.int64) (note torch.tensor([]) is "
                 f"float32: build empty labels with dtype=torch.int64)"
             )
         if labels.ndim != 1:
             raise InvalidTargetError(
-                f"{caller}: targets[{i}]['labels'] has shape {tuple(labels.shape)}; labels must "
+                f"{caller}: targets[{i}][{label_key!r}] has shape {tuple(labels.shape)}; labels must "
                 f"be 1-D (M_i,), e.g. labels.flatten() or labels.squeeze(-1)"
             )
         counts.append(int(labels.shape[0]))
@@ -613,7 +667,7 @@ def _validate_core(
         if boxes.shape[0] != labels.shape[0]:
             raise InvalidTargetError(
                 f"{caller}: targets[{i}] has {labels.shape[0]} labels but {boxes.shape[0]} "
-                f"boxes; 'labels' and 'boxes' need one entry per object"
+                f"boxes; {label_key!r} and 'boxes' need one entry per object"
             )
     return counts, has_boxes
 

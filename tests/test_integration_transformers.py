@@ -70,7 +70,9 @@ def _tiny_model(kind: str, **overrides: object) -> torch.nn.Module:
         "conditional": (transformers.ConditionalDetrConfig, transformers.ConditionalDetrForObjectDetection),
     }[kind]
     torch.manual_seed(0)
-    model = model_class(config_class(**settings)).eval()
+    # Training mode: the hybrid loss is a training loss (in eval() the model's own loss is
+    # returned); dropout is 0 and the backbone's batch norms are frozen, so it is deterministic.
+    model = model_class(config_class(**settings)).train()
     # Initialised weights predict nearly the same box for every query, where any matching
     # gives the same loss; spread the predictions so that the matching decides the losses.
     with torch.no_grad():
@@ -255,7 +257,6 @@ def _train(model: torch.nn.Module, steps: int, pixel_values: torch.Tensor, label
         outputs.loss.backward()
         optimizer.step()
         losses.append(float(outputs.loss.detach()))
-    model.eval()
     return losses
 
 
@@ -393,7 +394,7 @@ def test_other_models_of_the_detr_convention_work_too() -> None:
         num_labels=3,
     )
     torch.manual_seed(0)
-    model = transformers.YolosForObjectDetection(config).eval()
+    model = transformers.YolosForObjectDetection(config).train()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
@@ -465,3 +466,37 @@ def test_importing_hybridmatch_does_not_import_transformers() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------ issue 19: eval and the switch
+
+
+@pytest.mark.parametrize("kind", ["detr", "deformable"])
+def test_eval_mode_returns_the_models_own_loss(kind: str) -> None:
+    # A Trainer's evaluation loss must be the model's own (one-to-one), as HybridCriterion.eval() gives.
+    model = _tiny_model(kind)
+    pixel_values, labels = _inputs()
+    install_hybrid_loss(model, HybridLayer(k=K, num_one2many_layers=2))
+    with torch.no_grad():
+        hybrid = model(pixel_values=pixel_values, labels=labels).loss
+        model.eval()
+        evaluated = model(pixel_values=pixel_values, labels=labels)
+    own = _own_loss(model, pixel_values, labels)
+    assert torch.equal(evaluated.loss, own.loss)
+    _assert_losses_equal(evaluated.loss_dict, own.loss_dict)
+    assert not torch.allclose(hybrid, own.loss)  # in training it is the hybrid loss
+
+
+def test_epoch_switch_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = _tiny_model("detr")
+    pixel_values, labels = _inputs()
+    scheme = HybridEpoch(k=K, one2many_fraction=0.5, total_epochs=2)
+    install_hybrid_loss(model, scheme)
+    with caplog.at_level("WARNING", logger="hybridmatch.criterion"), torch.no_grad():
+        model(pixel_values=pixel_values, labels=labels)
+        assert not caplog.records
+        scheme.step()
+        model(pixel_values=pixel_values, labels=labels)
+        model(pixel_values=pixel_values, labels=labels)
+    switched = [record for record in caplog.records if "switched from one-to-many (K=3)" in record.getMessage()]
+    assert len(switched) == 1

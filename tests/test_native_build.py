@@ -82,7 +82,7 @@ def test_build_folder_is_keyed_by_versions_and_sources(
         patch.setattr(torch, "__version__", "2.99.0+cu999")
         other_torch = _native.build_directory(NAME, SOURCES, cuda=False)
     with monkeypatch.context() as patch:
-        patch.setattr(hybridmatch, "__version__", "9.9.9")
+        patch.setattr(_native, "__version__", "9.9.9")  # the version the build folder reads
         other_hybridmatch = _native.build_directory(NAME, SOURCES, cuda=False)
     with monkeypatch.context() as patch:
         patch.setattr(torch.version, "cuda", "12.8")

@@ -491,3 +491,13 @@ def test_repr_round_trips(scheme: Scheme) -> None:
     namespace = {"HybridBranch": HybridBranch, "HybridEpoch": HybridEpoch, "HybridLayer": HybridLayer}
     rebuilt = eval(repr(scheme), namespace)  # noqa: S307 - our own repr
     assert rebuilt.state_dict() == scheme.state_dict()
+
+
+@pytest.mark.parametrize("version", [True, "1", 1.0, 0, None])
+def test_a_state_version_that_state_dict_never_writes_is_refused_as_such(version: object) -> None:
+    scheme = HybridEpoch(k=2, one2many_fraction=0.5, total_epochs=4)
+    state = {**scheme.state_dict(), "epoch": 3, "version": version}
+    with pytest.raises(ValueError, match=r"version'\] must be an int >= 1.*save it again") as error:
+        scheme.load_state_dict(state)
+    assert "upgrade" not in str(error.value)  # an old hybridmatch is not the cause
+    assert scheme.epoch == 0

@@ -19,6 +19,8 @@ from hybridmatch.targets import (
     pad_targets,
     repeat_padded_targets,
     repeat_targets,
+    repeated_index,
+    split_repeated_index,
 )
 
 from .conftest import cpu_and_cuda
@@ -521,3 +523,27 @@ def test_original_index_argument_errors() -> None:
         original_target_index(torch.zeros(2, 4, dtype=torch.int64), torch.tensor([1, 2, 3]))
     with pytest.raises(InvalidTargetError, match=">= 0"):
         original_target_index(torch.tensor([0]), -1)
+
+
+@given(st.integers(1, 6), st.integers(1, 5))
+def test_the_gt_major_rule_is_the_layout_repeat_targets_builds(m: int, k: int) -> None:
+    # Object j carries label j, so the tiled labels say which object each slot holds;
+    # slot r*M + j is copy r of object j, counted by hand from the front.
+    tiled = repeat_targets([{"labels": torch.arange(m), "boxes": torch.rand(m, 4)}], k)[0]["labels"]
+    seen = [0] * m
+    for slot, obj in enumerate(tiled.tolist()):
+        copy = seen[obj]
+        seen[obj] += 1
+        assert repeated_index(copy, obj, m) == slot
+        assert split_repeated_index(slot, m) == (copy, obj)
+    index = torch.arange(k * m)
+    assert torch.equal(split_repeated_index(index, m)[1], tiled)  # tensors too
+
+
+def test_repeat_targets_with_hugging_face_label_key() -> None:
+    target = {"class_labels": torch.tensor([3, 1]), "boxes": torch.rand(2, 4), "size": torch.tensor([8, 8])}
+    out = repeat_targets([target], 2, label_key="class_labels")[0]
+    assert out["class_labels"].tolist() == [3, 1, 3, 1] and "labels" not in out
+    assert out["boxes"].shape == (4, 4) and out["size"] is target["size"]
+    with pytest.raises(InvalidTargetError, match="'class_labels'"):
+        repeat_targets([{"boxes": torch.rand(2, 4)}], 2, label_key="class_labels")

@@ -17,7 +17,7 @@ from ..errors import (
     ShapeError,
 )
 from ..solvers import assignment_to_pairs
-from ..targets import PaddedTargets, pad_targets
+from ..targets import PaddedTargets, pad_targets, repeated_index
 from .assigners import Assigner
 
 __all__ = ["Matcher", "Matches", "assignment_to_repeated"]
@@ -163,7 +163,8 @@ class Matcher(torch.nn.Module):
 def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tensor) -> Tensor:
     """Turn "target of each query" into indices of GT-major repeated targets.
 
-    Query ``n`` matched to target ``j`` becomes ``r * M_b + j``, where ``r`` counts the
+    Query ``n`` matched to target ``j`` becomes ``r * M_b + j``
+    (:func:`~hybridmatch.targets.repeated_index`), where ``r`` counts the
     queries before ``n`` matched to the same target: the first query on a target takes
     copy 0, the next copy 1, and so on. The inverse is
     :func:`~hybridmatch.targets.original_target_index`.
@@ -214,7 +215,7 @@ def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tens
     first = torch.searchsorted(grouped, grouped)
     positions = torch.arange(num_queries, device=assignment.device).expand(batch, num_queries)
     copy = torch.empty_like(assignment).scatter_(1, order, positions - first)
-    return torch.where(assignment >= 0, copy * counts[:, None] + assignment, -1)
+    return torch.where(assignment >= 0, repeated_index(copy, assignment, counts[:, None]), -1)
 
 
 def _device_of(outputs: Mapping[str, Tensor], keys: Sequence[str]) -> torch.device | None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from .._checks import check_int
+from .._warnings import warn_once
 from ..costs import ClassIoUQuality, Cost, CostSum, FocalClassCost, GIoUCost, IoUQuality, L1BoxCost, SoftmaxClassCost
 from ..errors import ConfigurationError
 from ..solvers._validate import NanPolicy
@@ -32,7 +33,7 @@ def detr_cost(
     cost_bbox: float = 5.0,
     cost_giou: float = 2.0,
     *,
-    class_cost: Literal["focal", "softmax"] = "focal",
+    class_cost: Literal["focal", "softmax"] | None = None,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
 ) -> CostSum:
@@ -41,10 +42,17 @@ def detr_cost(
     The defaults are Deformable-DETR's and H-DETR's (focal, 2 / 5 / 2); DETR's is
     ``detr_cost(1, 5, 2, class_cost="softmax")``.
 
+    Which class cost a model needs follows from its classification loss (softmax
+    cross-entropy with a no-object class: ``"softmax"``; sigmoid focal: ``"focal"``), not
+    from the weights, and the wrong one matches differently without failing. So when
+    ``class_cost`` is left out and ``cost_class`` is neither Deformable-DETR's 2 nor 0
+    (DETR's settings are 1 / 5 / 2), the focal default is used with a warning (once) that says to
+    pass ``class_cost``.
+
     Args:
         cost_class, cost_bbox, cost_giou (float): the weights, finite, not all 0.
         class_cost (str): ``"focal"`` (sigmoid logits, C = classes) or ``"softmax"``
-            (C = classes + 1, no-object last).
+            (C = classes + 1, no-object last); None (default): ``"focal"``, as above.
         focal_alpha, focal_gamma (float): the focal cost's settings.
 
     Returns:
@@ -58,12 +66,23 @@ def detr_cost(
         >>> [(weight, type(term).__name__) for weight, term in cost.terms]
         [(1.0, 'SoftmaxClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')]
     """
-    if class_cost not in ("focal", "softmax"):
+    if class_cost is not None and class_cost not in ("focal", "softmax"):
         raise ConfigurationError(f"class_cost must be 'focal' or 'softmax', got {class_cost!r}")
     weights = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise ConfigurationError(f"{name} must be a finite number, got {weight!r}")
+    if class_cost is None:
+        class_cost = "focal"
+        if cost_class not in (0.0, 2.0):  # 0: no class term to get wrong
+            warn_once(
+                f"matchers.implicit_focal:{float(cost_class)}",
+                f"the matching cost was built with cost_class={cost_class!r} but no class_cost, so it uses "
+                f"the sigmoid focal class cost (Deformable-DETR's and H-DETR's, whose cost_class is 2). "
+                f"DETR's matcher (weights 1/5/2) uses the softmax probability and matches differently: pass class_cost='softmax' for a softmax "
+                f"criterion with a no-object class (or HungarianMatcher.detr()), class_cost='focal' to "
+                f"keep focal",
+            )
     if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
         raise ConfigurationError("all cost weights are 0: every assignment would cost the same")
     classes: Cost = FocalClassCost(focal_alpha, focal_gamma) if class_cost == "focal" else SoftmaxClassCost()
@@ -84,7 +103,9 @@ class HungarianMatcher(Matcher):
         cost_bbox (float): weight of the L1 box cost. Default 5.
         cost_giou (float): weight of the GIoU cost. Default 2.
         class_cost (str): ``"focal"`` (sigmoid logits, C = classes) or ``"softmax"``
-            (DETR: C = classes + 1, no-object last).
+            (DETR: C = classes + 1, no-object last). Left out, ``"focal"``, with a warning
+            when ``cost_class`` is not 2 (see :func:`detr_cost`); :meth:`detr` and
+            :meth:`deformable_detr` build the two conventions by name.
         focal_alpha, focal_gamma (float): focal cost settings (0.25, 2).
         cost (Cost, optional): any :class:`~hybridmatch.costs.Cost`; replaces the
             three weighted terms above.
@@ -112,7 +133,7 @@ class HungarianMatcher(Matcher):
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
         *,
-        class_cost: Literal["focal", "softmax"] = "focal",
+        class_cost: Literal["focal", "softmax"] | None = None,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         cost: Cost | None = None,
@@ -127,6 +148,36 @@ class HungarianMatcher(Matcher):
         elif not isinstance(cost, Cost):
             raise TypeError(f"cost must be a hybridmatch.costs.Cost, got {type(cost).__name__}")
         super().__init__(cost, Hungarian(capacity, backend=backend, nan_policy=nan_policy))
+
+    @classmethod
+    def detr(cls, **settings: Any) -> HungarianMatcher:
+        """DETR's matcher: softmax class cost, weights 1 / 5 / 2 (``cost_class``, ``cost_bbox``, ``cost_giou``).
+
+        For a criterion with softmax cross-entropy and a no-object class (``C = classes + 1``,
+        DETR's ``eos_coef``). ``settings`` go to the constructor (``capacity``, ``backend``,
+        a weight to override, ...; ``k`` for :class:`OneToManyMatcher`).
+
+        Example:
+            >>> from hybridmatch.costs import SoftmaxClassCost
+            >>> matcher = HungarianMatcher.detr()
+            >>> [(weight, type(term).__name__) for weight, term in matcher.cost.terms]
+            [(1.0, 'SoftmaxClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')]
+        """
+        return cls(**{"cost_class": 1.0, "cost_bbox": 5.0, "cost_giou": 2.0, "class_cost": "softmax", **settings})
+
+    @classmethod
+    def deformable_detr(cls, **settings: Any) -> HungarianMatcher:
+        """Deformable-DETR's (and H-DETR's) matcher: focal class cost, weights 2 / 5 / 2.
+
+        For a criterion with sigmoid focal classification (``C = classes``, Deformable-DETR's
+        ``focal_alpha``). ``settings`` as in :meth:`detr`.
+
+        Example:
+            >>> matcher = OneToManyMatcher.deformable_detr(k=6)
+            >>> matcher.k, [(weight, type(term).__name__) for weight, term in matcher.cost.terms]
+            (6, [(2.0, 'FocalClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')])
+        """
+        return cls(**{"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "class_cost": "focal", **settings})
 
     @property
     def capacity(self) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .._warnings import warn_once
+from ..targets import split_repeated_index
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -158,13 +159,13 @@ def _solve_all(
         if m == 0 or num_queries == 0:
             continue
         cost = sanitise(to_host_float64(host[b, :, :m]), b, batched, maximize, nan_policy)
-        # Repeated ground truth, GT-major like H-DETR: copy c of target j is column c*m + j.
+        # Repeated ground truth, GT-major like H-DETR (hybridmatch.targets.repeated_index).
         work = np.tile(cost, (1, capacity)) if capacity > 1 else cost
         try:
             columns = solve(work)
         except _Infeasible:
             raise_infeasible(cost, b, batched, capacity)
-        result[b] = np.where(columns >= 0, columns % m, -1)
+        result[b] = np.where(columns >= 0, split_repeated_index(columns, m)[1], -1)
     return result
 
 

@@ -40,6 +40,7 @@ from types import ModuleType
 
 import torch
 
+from .._version import __version__
 from ..errors import BackendUnavailableError, ConfigurationError
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -123,14 +124,12 @@ def cache_root() -> Path:
 
 def build_directory(name: str, sources: list[Path], cuda: bool) -> Path:
     """The folder of one build, keyed by hybridmatch, torch and Python versions and a source hash."""
-    import hybridmatch  # the package root, read at call time (it imports this module)
-
     accelerator = f"-cu{torch.version.cuda}" if torch.version.cuda else ""
     if getattr(torch.version, "hip", None):
         accelerator = f"-rocm{torch.version.hip}"
     python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
     label = (
-        f"{name}-hm{hybridmatch.__version__}-torch{torch.__version__}{accelerator}-{python}-"
+        f"{name}-hm{__version__}-torch{torch.__version__}{accelerator}-{python}-"
         f"{_build_key(sources, cuda)}"
     )
     return cache_root() / re.sub(r"[^A-Za-z0-9._+-]", "_", label)
@@ -231,11 +230,9 @@ def _import_library(name: str, library: Path) -> ModuleType:
 
 
 def _announce(what: str, directory: Path, cuda: bool) -> None:
-    import hybridmatch
-
     duration = "1-5 minutes" if cuda else "about 30 s"
     print(
-        f"hybridmatch: compiling the {what!r} solver, once for hybridmatch {hybridmatch.__version__} "
+        f"hybridmatch: compiling the {what!r} solver, once for hybridmatch {__version__} "
         f"with torch {torch.__version__} (no build in {directory}); this takes {duration}. "
         "Build ahead of time with: python -m hybridmatch.solvers.build",
         file=sys.stderr,
