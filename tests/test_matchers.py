@@ -209,11 +209,11 @@ def test_bad_inputs(mutate, error, message) -> None:
 
 
 def test_bad_settings() -> None:
-    with pytest.raises(ValueError, match="class_cost must be 'focal' or 'softmax'"):
+    with pytest.raises(ValueError, match=r"unknown class_cost 'sigmoid': class_cost must be one of \['focal', 'softmax'\]"):
         HungarianMatcher(class_cost="sigmoid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="all cost weights are 0"):
         HungarianMatcher(0, 0, 0)
-    with pytest.raises(ValueError, match="cost_bbox must be a finite number"):
+    with pytest.raises(ValueError, match="cost_bbox must be a finite real number, got nan"):
         HungarianMatcher(cost_bbox=float("nan"))
     with pytest.raises(ValueError, match="capacity"):
         HungarianMatcher(capacity=0)

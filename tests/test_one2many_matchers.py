@@ -116,7 +116,7 @@ def test_one_to_many_settings() -> None:
     matcher = OneToManyMatcher(3, cost_bbox=1.0, class_cost="softmax")
     assert matcher.k == 3 and matcher.capacity == 3 and isinstance(matcher, HungarianMatcher)
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match=r"OneToManyMatcher: k must be an int >= 1"):
+        with pytest.raises(ValueError, match=r"OneToManyMatcher\(k=.*\): capacity must be an int >= 1"):
             OneToManyMatcher(bad)  # type: ignore[arg-type]
 
 
@@ -305,11 +305,12 @@ def test_topk_assignment_function() -> None:
     [
         ({"k": 0}, r"TopKMatcher: k must be an int >= 1, got 0"),
         ({"k": 2.0}, r"TopKMatcher: k must be an int >= 1, got 2.0"),
-        ({"threshold": 1.5}, r"TopKMatcher: threshold must be a number in \[0, 1\], got 1.5"),
-        ({"threshold": -0.1}, r"threshold must be a number in \[0, 1\]"),
-        ({"alpha": 2}, r"TopKMatcher: alpha must be a number in \[0, 1\], got 2"),
-        ({"alpha": float("nan")}, r"alpha must be a number in \[0, 1\], got nan"),
-        ({"quality": "giou"}, r"quality must be 'iou' or 'iou_class', got 'giou'"),
+        ({"threshold": 1.5}, r"TopKMatcher: threshold must be a finite real number in \[0, 1\], got 1.5"),
+        ({"threshold": -0.1}, r"threshold must be a finite real number in \[0, 1\]"),
+        ({"alpha": 2}, r"TopKMatcher: alpha must be a finite real number in \[0, 1\], got 2"),
+        ({"alpha": float("nan")}, r"alpha must be a finite real number in \[0, 1\], got nan"),
+        ({"alpha": 2, "quality": "iou_class"}, r"TopKMatcher: alpha must be a finite real number in \[0, 1\], got 2"),
+        ({"quality": "giou"}, r"TopKMatcher: unknown quality 'giou': quality must be one of \['iou', 'iou_class'\]"),
         ({"nan_policy": "zero"}, r"nan_policy must be one of"),
     ],
 )

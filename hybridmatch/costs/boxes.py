@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, pairwise_giou
 from ..errors import ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_target, shape_of
+from ..validation import check_same_batch
+from ._base import Cost, Shared, key_repr, read_target, shape_of
 
 __all__ = ["l1_box_cost", "giou_cost", "L1BoxCost", "GIoUCost"]
 

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from ._base import Cost, Shared, is_finite_real, key_repr, read_output, read_target, shape_of, valid_mask
+from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from ..validation import check_probability, check_real
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
     "softmax_class_cost",
@@ -243,7 +244,5 @@ def _check_class_inputs(function: str, logits: Tensor, labels: Tensor) -> tuple[
 
 
 def _check_focal_settings(alpha: float, gamma: float) -> None:
-    if not is_finite_real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ConfigurationError(f"focal cost: alpha must be a real number in [0, 1], got {alpha!r}")
-    if not is_finite_real(gamma) or gamma < 0.0:
-        raise ConfigurationError(f"focal cost: gamma must be a finite real number >= 0, got {gamma!r}")
+    check_probability(alpha, "alpha", where="focal cost")
+    check_real(gamma, "gamma", minimum=0.0, where="focal cost")

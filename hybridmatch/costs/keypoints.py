@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigurationError, ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_output, read_target, shape_of
+from ..validation import check_same_batch
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of
 
 __all__ = [
     "COCO_KEYPOINT_SIGMAS",

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from ..validation import check_int
 from ..errors import ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_output, read_target, shape_of
+from ..validation import check_same_batch
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of
 
 __all__ = [
     "DEFAULT_NUM_POINTS",

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, pairwise_iou
-from ..errors import ConfigurationError
-from ._base import Cost, Shared, is_finite_real, key_repr, read_output, read_target, valid_mask
+from ..validation import check_probability
+from ._base import Cost, Shared, key_repr, read_output, read_target, valid_mask
 from .classes import check_label_range
 
 __all__ = ["IoUQuality", "ClassIoUQuality"]
@@ -80,9 +80,7 @@ class ClassIoUQuality(IoUQuality):
 
     def __init__(self, alpha: float = 0.5, *, key: str = "pred_boxes", logits_key: str = "pred_logits") -> None:
         super().__init__(key=key)
-        if not is_finite_real(alpha) or not 0.0 <= alpha <= 1.0:
-            raise ConfigurationError(f"ClassIoUQuality: alpha must be a number in [0, 1], got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_probability(alpha, "alpha", where="ClassIoUQuality")
         self.logits_key = logits_key
         self.output_keys = (key, logits_key)
 

@@ -53,7 +53,7 @@ from ..criterion import HybridCriterion, KeyMap
 from ..errors import ConfigurationError, InvalidTargetError
 from ..matchers import HungarianMatcher, Matches, OneToManyMatcher
 from ..schemes import HybridBranch, HybridEpoch, HybridLayer
-from ..solvers._validate import NanPolicy
+from ..validation import NanPolicy
 
 __all__ = ["HybridLoss", "install_hybrid_loss"]
 

@@ -31,22 +31,19 @@ import torch
 from .._warnings import warn_once
 from ..errors import (
     BackendUnavailableError,
-    ConfigurationError,
     HybridMatchError,
     InfeasibleError,
     InvalidCostError,
     ShapeError,
 )
+from ..validation import NanPolicy, check_bool, check_choice, check_int, check_nan_policy, check_tensor, with_context
 from . import _native
 from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
 from ._validate import (
     ArrayLike,
-    NanPolicy,
     as_scipy_matrix,
-    check_capacity,
     check_dtype,
-    check_maximize,
-    check_nan_policy,
+    check_large_integers,
     check_num_targets,
     raise_infeasible,
     sanitise,
@@ -67,6 +64,7 @@ NATIVE = ("cuda", "native")
 #: Every name ``backend=`` accepts (whether it can run here: :func:`available_backends`).
 BACKEND_NAMES = ("auto", *NATIVE, *BACKENDS)
 NumTargets = Union[Sequence[int], torch.Tensor, np.ndarray, None]
+CAPACITY_HINT = "1 is one-to-one matching, K lets a target take K queries"
 
 
 def available_backends() -> list[str]:
@@ -116,8 +114,7 @@ def _resolve_backend(backend: str, on_cuda: bool) -> str:
                 "move it with cost.cuda(), or use backend='native'"
             )
         return backend
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
+    check_choice(backend, "backend", BACKEND_NAMES)
     if not BACKENDS[backend][1]():
         raise BackendUnavailableError(
             f"backend {backend!r} is not installed here: {INSTALL_HINT[backend]}, "
@@ -134,10 +131,6 @@ def _describe(cost: ArrayLike, backend: str) -> str:
     else:
         kind = type(cost).__name__
     return f"cost {kind}, backend {backend!r}"
-
-
-def _with_context(error: HybridMatchError, context: str) -> HybridMatchError:
-    return type(error)(f"{error} [{context}]")
 
 
 def _solve_all(
@@ -253,13 +246,18 @@ def batched_linear_sum_assignment(
     """
     name = backend
     try:
-        capacity = check_capacity(capacity)
+        capacity = check_int(capacity, "capacity", minimum=1, hint=CAPACITY_HINT)
         nan_policy = check_nan_policy(nan_policy)
-        maximize = check_maximize(maximize)
+        maximize = check_bool(maximize, "maximize")
         if not isinstance(cost, (torch.Tensor, np.ndarray)):
             raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
         if isinstance(cost, np.ndarray):
             cost = np.asarray(cost)  # a np.matrix cannot be indexed as a batch
+        else:
+            check_tensor(cost, "cost")  # refuses the meta device
+            # A lazily negated or conjugated view (x.conj().imag, torch._neg_view) has no
+            # numpy form; materialise it once here.
+            cost = cost.resolve_neg().resolve_conj()
         check_dtype(cost)
         if cost.ndim not in (2, 3):
             shape = tuple(cost.shape)
@@ -274,6 +272,7 @@ def batched_linear_sum_assignment(
         name = _resolve_backend(backend, on_cuda)
         problems = cost if batched else cost[None]
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
+        check_large_integers(problems, counts)
         # A target can never take more than all N queries: a larger K changes nothing.
         capacity = min(capacity, max(problems.shape[1], 1))
         if name in NATIVE:
@@ -297,7 +296,7 @@ def batched_linear_sum_assignment(
                 host = problems
             result = _solve_all(host, counts, capacity, maximize, nan_policy, name, batched)
     except HybridMatchError as error:
-        raise _with_context(error, _describe(cost, name)) from None
+        raise with_context(error, _describe(cost, name)) from None
     if not batched:
         result = result[0]
     if isinstance(cost, torch.Tensor):
@@ -343,7 +342,7 @@ def linear_sum_assignment(
         >>> row.tolist(), col.tolist()
         ([0, 1, 2], [1, 0, 2])
     """
-    maximize = check_maximize(maximize)
+    maximize = check_bool(maximize, "maximize")
     matrix = as_scipy_matrix(cost)
     try:
         columns = batched_linear_sum_assignment(matrix, maximize=maximize, backend=backend, nan_policy=nan_policy)

@@ -1,37 +1,25 @@
-"""Input checks shared by every solver backend.
+"""The solver-specific input checks, shared by every solver backend.
 
 Every backend's input passes through these checks, or, for the native backends,
 every problem the native core flags does: so every backend raises the same errors.
+The generic argument checks (ints, bools, names, ``nan_policy``) are
+:mod:`hybridmatch.validation`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Union
 
 import numpy as np
 import torch
 
-from .._checks import check_int
 from .._warnings import warn_once
+from ..errors import CostDtypeError, InfeasibleError, InvalidCostError, ShapeError
+from ..validation import NanPolicy
 from ._backends import dominating_cost
-from ..errors import CostDtypeError, ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
 
-NanPolicy = Literal["raise", "worst"]
-NAN_POLICIES = ("raise", "worst")
 ArrayLike = Union[torch.Tensor, np.ndarray]
-
-
-
-def check_capacity(capacity: object) -> int:
-    """The number of queries one target may take: an int >= 1."""
-    return check_int(capacity, "capacity", minimum=1, hint="1 is one-to-one matching, K lets a target take K queries")
-
-
-def check_nan_policy(nan_policy: object) -> NanPolicy:
-    if nan_policy not in NAN_POLICIES:
-        raise ConfigurationError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-    return nan_policy  # type: ignore[return-value]
 
 
 def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
@@ -39,19 +27,6 @@ def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
         f"Cannot cast array data from {dtype} to dtype('float64'): {name} must hold real numbers "
         "(integer or floating), convert it first, e.g. cost.astype(np.float64)"
     )
-
-
-def check_maximize(maximize: object) -> bool:
-    """``maximize`` as a bool; only ``True``/``False`` (Python or numpy) are accepted.
-
-    A string such as ``"False"`` is truthy, so accepting any object would silently
-    maximise; it raises instead.
-    """
-    if not isinstance(maximize, (bool, np.bool_)):
-        raise ConfigurationError(
-            f"maximize must be a bool (True or False), got {maximize!r} ({type(maximize).__name__})"
-        )
-    return bool(maximize)
 
 
 def check_dtype(cost: ArrayLike, name: str = "cost") -> None:
@@ -118,6 +93,41 @@ def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
     if isinstance(cost, torch.Tensor):
         return cost.detach().to("cpu", torch.float64).numpy()
     return np.asarray(cost, dtype=np.float64)
+
+
+#: float64 holds every integer up to this magnitude exactly.
+EXACT_FLOAT64_INTEGER = 2**53
+
+
+def check_large_integers(problems: ArrayLike, num_targets: list[int]) -> None:
+    """Warn (once) when a 64-bit integer cost is too large to solve exactly in float64.
+
+    Every backend solves in float64. Integers up to 2**53 are exact there, but an
+    assignment's total and the solver's duals add up to N entries, so an integer cost
+    is exact only while ``N * max|cost|`` stays within 2**53; beyond, the result may
+    miss the exact optimum by the rounding. Reads the values of 64-bit integer costs
+    only (a device sync for a GPU tensor); no other dtype is affected.
+    """
+    if isinstance(problems, torch.Tensor):
+        if problems.dtype not in (torch.int64, torch.uint64) or problems.numel() == 0:
+            return
+        real = torch.arange(problems.shape[2], device=problems.device)[None, :] < torch.as_tensor(
+            num_targets, device=problems.device
+        )[:, None]
+        peak = float(torch.where(real[:, None, :], problems.abs(), 0).max())
+    else:
+        if problems.dtype not in (np.int64, np.uint64) or problems.size == 0:
+            return
+        real = np.arange(problems.shape[2])[None, :] < np.asarray(num_targets)[:, None]
+        peak = float(np.where(real[:, None, :], np.abs(problems.astype(np.float64)), 0).max())
+    if peak * (problems.shape[1] + 1) > EXACT_FLOAT64_INTEGER:
+        warn_once(
+            "large_integer_cost",
+            f"the {problems.dtype} cost holds integers up to {peak:.3g} in magnitude: every backend "
+            "solves in float64, where sums of such integers round beyond 2**53, so the assignment "
+            "may miss the exact optimum; bring the costs closer to 0 first, e.g. subtract each "
+            "row's minimum when every query is assigned (N <= M), which keeps the optimum (said once)",
+        )
 
 
 def check_num_targets(num_targets: object, batch: int, width: int) -> list[int]:
