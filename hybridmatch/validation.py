@@ -350,9 +350,15 @@ class ValueCheck:
     finite: bool = True
     valid: Optional[Tensor] = None
     fix: str = ""
+    #: A precomputed mask of bad entries (same shape as ``tensor``) replaces the rules above.
+    mask: Optional[Tensor] = None
+    #: Report only the first ``index_dims`` indices (e.g. image and target of a sampled mask).
+    index_dims: Optional[int] = None
 
     def bad(self) -> Tensor:
         values = self.tensor
+        if self.mask is not None:
+            return self._only_valid(self.mask)
         bad = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
         if self.finite and (values.is_floating_point() or values.is_complex()):
             bad |= ~torch.isfinite(values)
@@ -362,10 +368,13 @@ class ValueCheck:
             bad |= values < self.minimum
         if self.maximum is not None:
             bad |= values > self.maximum
-        if self.valid is not None:
-            valid = self.valid.to(device=values.device, dtype=torch.bool)
-            bad &= valid.reshape(*valid.shape, *([1] * (values.ndim - valid.ndim)))
-        return bad
+        return self._only_valid(bad)
+
+    def _only_valid(self, bad: Tensor) -> Tensor:
+        if self.valid is None:
+            return bad
+        valid = self.valid.to(device=bad.device, dtype=torch.bool)
+        return bad & valid.reshape(*valid.shape, *([1] * (bad.ndim - valid.ndim)))
 
 
 def check_values(*checks: ValueCheck, where: str = "") -> None:
@@ -380,7 +389,37 @@ def check_values(*checks: ValueCheck, where: str = "") -> None:
             index = torch.nonzero(mask)[0].tolist()
             value = check.tensor[tuple(index)].item()
             fix = f"; {check.fix}" if check.fix else ""
-            raise check.arg.error(f"{_prefix(where)}{check.arg.at(index)} is {value!r}: {check.arg} must be {check.need}{fix}")
+            if check.index_dims is not None:
+                what = f"{check.arg.at(index[: check.index_dims])} holds {value!r}"
+            else:
+                what = f"{check.arg.at(index)} is {value!r}"
+            raise check.arg.error(f"{_prefix(where)}{what}: {check.arg} must be {check.need}{fix}")
+
+
+def _finite_per_object(values: Tensor) -> Tensor:
+    """``(B, K, ...)`` -> ``(B, K)``: whether every value of object k is finite."""
+    finite = torch.isfinite(values)
+    return finite.flatten(2).all(dim=-1) if finite.ndim > 2 else finite
+
+
+def nan_where_nonfinite(cost: Tensor, predictions: Optional[Tensor] = None, targets: Optional[Tensor] = None) -> Tensor:
+    """``cost (B, N, M)`` with NaN in the rows of predictions and the columns of targets that
+    hold a NaN or infinite value.
+
+    The costs' contract for non-finite input, without a device sync: such a pair never
+    gets a plausible-looking number; the solver refuses the NaN and the matcher names the
+    prediction or target. ``predictions`` is ``(B, N, ...)``, ``targets`` ``(B, M, ...)``.
+    """
+    bad: Optional[Tensor] = None
+    if predictions is not None and predictions.is_floating_point():
+        rows = ~_finite_per_object(predictions)
+        bad = rows[:, :, None]
+    if targets is not None and targets.is_floating_point():
+        columns = ~_finite_per_object(targets)
+        bad = columns[:, None, :] if bad is None else bad | columns[:, None, :]
+    if bad is None:
+        return cost
+    return torch.where(bad.to(cost.device), torch.full((), math.nan, dtype=cost.dtype, device=cost.device), cost)
 
 
 def with_context(error: HybridMatchError, context: str) -> HybridMatchError:

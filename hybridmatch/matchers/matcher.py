@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..solvers import assignment_to_pairs
 from ..targets import PaddedTargets, pad_targets
+from ..validation import check_tensor
 from .assigners import Assigner
 
 __all__ = ["Matcher", "Matches", "assignment_to_repeated"]
@@ -218,12 +219,15 @@ def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tens
 
 
 def _device_of(outputs: Mapping[str, Tensor], keys: Sequence[str]) -> torch.device | None:
+    """The device of the first output the cost reads; outputs on the meta device raise."""
+    device = None
     if isinstance(outputs, Mapping):
         for key in keys:
             value = outputs.get(key)
             if isinstance(value, Tensor):
-                return value.device
-    return None
+                check_tensor(value, f"outputs[{key!r}]", error=InvalidPredictionError)  # not meta
+                device = value.device if device is None else device
+    return device
 
 
 def _check_outputs(outputs: Mapping[str, Tensor], keys: Sequence[str], batch_size: int) -> int | None:

@@ -22,6 +22,7 @@ The contract, the same for every backend:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, Union, overload
 
@@ -38,7 +39,7 @@ from ..errors import (
 )
 from ..validation import NanPolicy, check_bool, check_choice, check_int, check_nan_policy, check_tensor, with_context
 from . import _native
-from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
+from ._backends import BACKENDS, INSTALL_HINT, SAFE_MAGNITUDE, _Infeasible
 from ._validate import (
     ArrayLike,
     as_scipy_matrix,
@@ -161,6 +162,20 @@ def _solve_all(
     return result
 
 
+def _scaled_down(cost: torch.Tensor) -> torch.Tensor:
+    """A float64 ``cost`` times a power of two (exact), so no finite entry exceeds SAFE_MAGNITUDE.
+
+    Only float64 can hold costs whose sums overflow the solver's float64 duals; reading the
+    peak is one pass over the cost (a device sync for a float64 cost on a GPU).
+    """
+    if cost.dtype != torch.float64 or cost.numel() == 0:
+        return cost
+    peak = float(torch.where(torch.isfinite(cost), cost.abs(), 0.0).max())
+    if peak <= SAFE_MAGNITUDE:
+        return cost
+    return cost * 2.0 ** -math.ceil(math.log2(peak / SAFE_MAGNITUDE))
+
+
 def _solve_native(
     cost: torch.Tensor,
     num_targets: list[int],
@@ -180,6 +195,7 @@ def _solve_native(
         cost = cost.double()
     if backend == "native":
         cost = cost.detach().cpu()
+    cost = _scaled_down(cost)
     assignment, status = _native.solve_batch(cost, num_targets, capacity, maximize, backend)
     for b in torch.nonzero(status[:, 0] != _native.OK).flatten().tolist():
         m = num_targets[b]
@@ -272,7 +288,7 @@ def batched_linear_sum_assignment(
         name = _resolve_backend(backend, on_cuda)
         problems = cost if batched else cost[None]
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
-        check_large_integers(problems, counts)
+        problems = check_large_integers(problems, counts, capacity)
         # A target can never take more than all N queries: a larger K changes nothing.
         capacity = min(capacity, max(problems.shape[1], 1))
         if name in NATIVE:

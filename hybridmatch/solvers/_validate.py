@@ -99,35 +99,60 @@ def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
 EXACT_FLOAT64_INTEGER = 2**53
 
 
-def check_large_integers(problems: ArrayLike, num_targets: list[int]) -> None:
-    """Warn (once) when a 64-bit integer cost is too large to solve exactly in float64.
+def check_large_integers(problems: ArrayLike, num_targets: list[int], capacity: int) -> ArrayLike:
+    """An int64 cost that float64 cannot solve exactly, reduced so that it can, or warned about.
 
     Every backend solves in float64. Integers up to 2**53 are exact there, but an
-    assignment's total and the solver's duals add up to N entries, so an integer cost
-    is exact only while ``N * max|cost|`` stays within 2**53; beyond, the result may
-    miss the exact optimum by the rounding. Reads the values of 64-bit integer costs
-    only (a device sync for a GPU tensor); no other dtype is affected.
+    assignment's total and the solver's duals add up to N entries, so an integer cost is
+    exact only while ``(N + 1) * max|cost|`` stays within 2**53. A larger int64 cost is
+    first reduced exactly, in int64: each problem's row minima are subtracted when every
+    query is assigned (``N <= M * capacity``), else its column minima (every target slot
+    is filled); either changes every assignment's total by the same constant, so the
+    optimum is kept. When the reduced cost is still too large, it is solved as it is with
+    one warning. Other dtypes are returned unchanged without reading their values (an
+    int64 cost is read: a device sync on a GPU).
     """
-    if isinstance(problems, torch.Tensor):
-        if problems.dtype not in (torch.int64, torch.uint64) or problems.numel() == 0:
-            return
-        real = torch.arange(problems.shape[2], device=problems.device)[None, :] < torch.as_tensor(
-            num_targets, device=problems.device
-        )[:, None]
-        peak = float(torch.where(real[:, None, :], problems.abs(), 0).max())
-    else:
-        if problems.dtype not in (np.int64, np.uint64) or problems.size == 0:
-            return
-        real = np.arange(problems.shape[2])[None, :] < np.asarray(num_targets)[:, None]
-        peak = float(np.where(real[:, None, :], np.abs(problems.astype(np.float64)), 0).max())
-    if peak * (problems.shape[1] + 1) > EXACT_FLOAT64_INTEGER:
-        warn_once(
-            "large_integer_cost",
-            f"the {problems.dtype} cost holds integers up to {peak:.3g} in magnitude: every backend "
-            "solves in float64, where sums of such integers round beyond 2**53, so the assignment "
-            "may miss the exact optimum; bring the costs closer to 0 first, e.g. subtract each "
-            "row's minimum when every query is assigned (N <= M), which keeps the optimum (said once)",
-        )
+    is_tensor = isinstance(problems, torch.Tensor)
+    wide = (torch.int64, torch.uint64) if is_tensor else (np.dtype(np.int64), np.dtype(np.uint64))
+    if problems.dtype not in wide or min(problems.shape) == 0:
+        return problems
+    work = problems if is_tensor else torch.from_numpy(np.ascontiguousarray(problems))
+    batch, num_queries, width = work.shape
+    real = torch.arange(width, device=work.device)[None, :] < torch.as_tensor(num_targets, device=work.device)[:, None]
+    real = real[:, None, :].expand(batch, num_queries, width)
+    if _exact_in_float64(work, real) or work.dtype != torch.int64:
+        if not _exact_in_float64(work, real):
+            _warn_large_integers(work, real)
+        return problems
+    rows_first = torch.tensor([num_queries <= m * capacity for m in num_targets], device=work.device)
+    high = torch.iinfo(torch.int64).max
+    row_min = torch.where(real, work, high).amin(dim=2, keepdim=True)  # (B, N, 1)
+    column_min = torch.where(real, work, high).amin(dim=1, keepdim=True)  # (B, 1, M)
+    shift = torch.where(rows_first[:, None, None], row_min, column_min)
+    spread = torch.where(real, work.double() - shift.double(), 0.0).abs().max()
+    if float(spread) >= 2.0**62:  # the subtraction itself would overflow int64
+        _warn_large_integers(work, real)
+        return problems
+    reduced = torch.where(real, work - shift, 0)
+    if not _exact_in_float64(reduced, real):
+        _warn_large_integers(work, real)
+        return problems
+    return reduced if is_tensor else reduced.numpy()
+
+
+def _exact_in_float64(cost: torch.Tensor, real: torch.Tensor) -> bool:
+    peak = float(torch.where(real, cost.double().abs(), 0.0).max())
+    return peak * (cost.shape[1] + 1) <= EXACT_FLOAT64_INTEGER
+
+
+def _warn_large_integers(cost: torch.Tensor, real: torch.Tensor) -> None:
+    peak = float(torch.where(real, cost.double().abs(), 0.0).max())
+    warn_once(
+        "large_integer_cost",
+        f"the {cost.dtype} cost holds integers up to {peak:.3g} in magnitude, too far apart to "
+        "reduce below 2**53: every backend solves in float64, where sums of such integers round, "
+        "so the assignment may miss the exact optimum by the rounding (said once)",
+    )
 
 
 def check_num_targets(num_targets: object, batch: int, width: int) -> list[int]:
