@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
-from ..validation import check_probability, check_real
+from ..validation import check_probability, check_real, check_tensor, nan_where_nonfinite
 from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
@@ -26,11 +26,15 @@ def softmax_class_cost(logits: Tensor, labels: Tensor) -> Tensor:
     """Negative softmax probability of each target's class (DETR, Carion et al. 2020).
 
     Args:
-        logits (Tensor[B, N, C]): class logits; C includes the "no object" class.
-        labels (Tensor[B, M] integer): target classes; padded columns may hold any value.
+        logits (Tensor[B, N, C]): floating class logits, C >= 1; C includes the "no object"
+            class.
+        labels (Tensor[B, M] integer): target classes in ``[0, C)``; a label outside reads
+            the nearest class (padded columns may hold any value: -1 or C). The class
+            costs (:class:`SoftmaxClassCost`) check the range of the real labels.
 
     Returns:
-        Tensor[B, N, M] float32: ``-softmax(logits[b, n])[labels[b, m]]``, in [-1, 0].
+        Tensor[B, N, M] float32: ``-softmax(logits[b, n])[labels[b, m]]``, in [-1, 0];
+        NaN in the rows of queries with a NaN or infinite logit.
 
     Example:
         >>> from hybridmatch.costs import softmax_class_cost
@@ -40,7 +44,7 @@ def softmax_class_cost(logits: Tensor, labels: Tensor) -> Tensor:
     """
     logits, labels = _check_class_inputs("softmax_class_cost", logits, labels)
     probs = logits.float().softmax(dim=-1)
-    return -_gather_classes(probs, labels)
+    return nan_where_nonfinite(-_gather_classes(probs, labels), logits)
 
 
 def focal_class_cost(
@@ -59,13 +63,16 @@ def focal_class_cost(
     including ±30 in float16.
 
     Args:
-        logits (Tensor[B, N, C]): per-class sigmoid logits (no "no object" class).
-        labels (Tensor[B, M] integer): target classes; padded columns may hold any value.
+        logits (Tensor[B, N, C]): floating per-class sigmoid logits (no "no object" class),
+            C >= 1.
+        labels (Tensor[B, M] integer): target classes in ``[0, C)``, as in
+            :func:`softmax_class_cost` (:class:`FocalClassCost` checks the real ones).
         alpha (float): weight of the positive term, in [0, 1].
         gamma (float): focusing exponent, >= 0.
 
     Returns:
-        Tensor[B, N, M] float32.
+        Tensor[B, N, M] float32 in ``[-(1 - alpha) * L, alpha * L]`` with ``L = -log(eps)
+        = 18.42``; NaN in the rows of queries with a NaN or infinite logit.
 
     Example:
         >>> from hybridmatch.costs import focal_class_cost
@@ -80,7 +87,7 @@ def focal_class_cost(
     one_minus_p = (-target_logits).sigmoid()
     pos = alpha * one_minus_p.pow(gamma) * -(p + _FOCAL_EPS).log()
     neg = (1.0 - alpha) * p.pow(gamma) * -(one_minus_p + _FOCAL_EPS).log()
-    return pos - neg
+    return nan_where_nonfinite(pos - neg, logits)
 
 
 class _ClassCost(Cost):
@@ -214,11 +221,10 @@ def _gather_classes(per_class: Tensor, labels: Tensor) -> Tensor:
 
 
 def _check_class_inputs(function: str, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    if logits.ndim != 3:
-        raise ShapeError(
-            f"{function}: logits must have shape (B, N, C), got {shape_of(logits)}; "
-            f"for a single image pass logits[None]"
-        )
+    check_tensor(
+        logits, "logits", ndim=3, layout="(B, N, C)", dtype="floating", where=function,
+        hint="for a single image pass logits[None]",
+    )
     if logits.shape[2] == 0:
         raise ShapeError(f"{function}: logits must have at least one class, got {shape_of(logits)}")
     if labels.ndim != 2:
