@@ -94,6 +94,10 @@ class Matcher(torch.nn.Module):
     def match(self, outputs: Mapping[str, Tensor], targets: Targets | PaddedTargets) -> Tensor:
         """The batched form: ``Tensor[B, N]`` int64 on the predictions' device, the target of each query or -1."""
         padded = self.pad(outputs, targets)
+        if padded.batch_size == 0:  # no images: the targets carry no keys for the cost to read
+            num_queries = _check_outputs(outputs, self.cost.output_keys, 0)
+            device = _device_of(outputs, self.cost.output_keys)
+            return torch.empty((0, num_queries or 0), dtype=torch.int64, device=device)
         cost = self.cost_matrix(outputs, padded)
         try:
             return self.assigner(cost, padded.num_targets_list)
