@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, pairwise_iou
-from ..errors import InvalidPredictionError
+from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
 from ..validation import check_probability, check_tensor, nan_where_nonfinite
 from .boxes import _check_box_inputs
-from ._base import Cost, Shared, key_repr, read_output, read_target, valid_mask
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 from .classes import check_label_range
 
 __all__ = ["IoUQuality", "ClassIoUQuality"]
@@ -96,6 +96,16 @@ class ClassIoUQuality(IoUQuality):
             where=type(self).__name__, error=InvalidPredictionError,
         )
         labels = read_target(targets, "labels", self)
+        check_tensor(
+            labels, "targets' 'labels'", ndim=2, layout="(B, M) once padded", dtype="integer",
+            where=type(self).__name__, error=InvalidTargetError,
+        )
+        boxes = read_target(targets, "boxes", self)
+        if labels.shape != boxes.shape[:2] or logits.shape[:2] != read_output(outputs, self.key, self).shape[:2]:
+            raise ShapeError(
+                f"{type(self).__name__}: labels {shape_of(labels)} must be (B, M) of boxes {shape_of(boxes)}, and "
+                f"outputs[{self.logits_key!r}] {shape_of(logits)} (B, N, C) of outputs[{self.key!r}]"
+            )
         num_classes = logits.shape[-1]
         layout = f"{num_classes} focal logits = {num_classes} classes"
         check_label_range(type(self).__name__, labels, valid_mask(targets, labels), num_classes, layout)
