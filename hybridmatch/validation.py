@@ -17,7 +17,7 @@ error contract, their signatures are not public API):
   :func:`check_probability`), :func:`check_bool`, :func:`check_choice`,
   :func:`check_nan_policy`, :func:`check_reals` (a sequence of reals, e.g. OKS sigmas);
 * tensors' metadata: :func:`check_tensor` (type, ndim, last dimension, dtype kind, a device
-  that holds data), :func:`check_same_batch` (batch size and device of two tensors);
+  that holds data), :func:`check_same_batch` and :func:`check_same_device` (two tensors);
 * tensors' values, one device sync for all of a call's scans: :func:`check_values` with
   :class:`ValueCheck` and :class:`Arg`;
 * context: :func:`with_context` (the solver entry point's "[cost ..., backend ...]") and
@@ -256,10 +256,11 @@ def check_tensor(
     where: str = "",
     hint: str = "",
     error: ErrorType = ShapeError,
+    needs_values: bool = True,
 ) -> Tensor:
     """``value`` when it is a tensor of ``ndim`` dimensions, last dimension ``last``, a dtype
-    of kind ``dtype``, on a device that holds data (not ``meta``); ``layout`` (e.g.
-    ``"(B, N, 4)"``) is what the message asks for."""
+    of kind ``dtype`` and, with ``needs_values``, on a device that holds data (not
+    ``meta``); ``layout`` (e.g. ``"(B, N, 4)"``) is what the message asks for."""
     need = layout or (f"{ndim}-D" if ndim is not None else "a tensor")
     if not isinstance(value, Tensor):
         raise error(f"{_prefix(where)}{name} must be a torch.Tensor {need}, got {type(value).__name__}{_suffix(hint)}")
@@ -269,7 +270,7 @@ def check_tensor(
     if not _kind_ok(value.dtype, dtype):
         kinds = {"floating": "a floating", "integer": "an integer", "real": "a real (not complex)"}[dtype]
         raise error(f"{_prefix(where)}{name} must have {kinds} dtype, got {value.dtype}{_suffix(hint)}")
-    if value.device.type == "meta":
+    if needs_values and value.device.type == "meta":
         raise error(
             f"{_prefix(where)}{name} is on the meta device, which holds shapes but no values; "
             "matching reads the values: run the model on a real device (cpu, cuda)"
@@ -284,8 +285,13 @@ def check_same_batch(where: str, name_a: str, a: Tensor, name_b: str, b: Tensor)
             f"{_prefix(where)}{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} have different "
             "batch sizes; both must describe the same B images"
         )
+    check_same_device(where, name_a, a, name_b, b)
+
+
+def check_same_device(where: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Raise unless ``a`` and ``b`` are on one device."""
     if a.device != b.device:
-        raise ShapeError(f"{_prefix(where)}{name_a} are on {a.device} but {name_b} on {b.device}; move both to one device")
+        raise ShapeError(f"{_prefix(where)}{name_a} is on {a.device} but {name_b} on {b.device}; move both to one device")
 
 
 # --------------------------------------------------------------------------------------------
