@@ -4,7 +4,7 @@ Every public function and class checks its input once, at its own boundary, with
 helpers of this module; internal calls pass checked values on and do not check again.
 A message names the argument, what it got, what it needs and the fix; where the value
 came from a dict the user passed, the name says so (``targets[1]['area'][3]``,
-``outputs['pred_keypoints'][0, 5]``): the :class:`Arg` that names an input is the one
+``outputs['pred_keypoints'][0, 5]``): the ``Arg`` that names an input is the one
 place that context is added.
 
 Users need one thing from here, the type of the ``nan_policy=`` argument of the solvers,
@@ -13,34 +13,41 @@ assigners and matchers: :data:`NanPolicy` (its values: :data:`NAN_POLICIES`).
 The helpers (imported by the library's modules; their behaviour is part of the library's
 error contract, their signatures are not public API):
 
-* settings: :func:`check_int`, :func:`check_real` (finite reals, ranges, probabilities via
-  :func:`check_probability`), :func:`check_bool`, :func:`check_choice`,
-  :func:`check_nan_policy`, :func:`check_reals` (a sequence of reals, e.g. OKS sigmas);
-* tensors' metadata: :func:`check_tensor` (type, ndim, last dimension, dtype kind, a device
-  that holds data), :func:`check_same_batch` and :func:`check_same_device` (two tensors);
-* tensors' values, one device sync for all of a call's scans: :func:`check_values` with
-  :class:`ValueCheck` and :class:`Arg`;
-* context: :func:`with_context` (the solver entry point's "[cost ..., backend ...]") and
-  :func:`context` (a constructor that passes its settings to another names itself).
+* settings: ``check_int``, ``check_real`` (finite reals, ranges, probabilities via
+  ``check_probability``), ``check_bool``, ``check_choice``,
+  ``check_nan_policy``, ``check_reals`` (a sequence of reals, e.g. OKS sigmas);
+* tensors' metadata: ``check_tensor`` (type, ndim, last dimension, dtype kind, a device
+  that holds data), ``check_same_batch`` and ``check_same_device`` (two tensors);
+* tensors' values, one device sync for all of a call's scans: ``check_values`` with
+  ``ValueCheck`` and ``Arg``; non-finite values made visible without a sync:
+  ``nan_where_nonfinite`` (the costs' NaN rows and columns);
+* context: ``with_context`` (the solver entry point's "[cost ..., backend ...]") and
+  ``context`` (a constructor that passes its settings to another names itself).
 
 Checks that belong to one owner stay with it, because they encode that owner's domain
-rather than an argument's type or range:
+(a layout, a format, a state) rather than an argument's type or range; they call the
+helpers above for the generic parts. All of them:
 
-* ``hybridmatch.solvers._validate``: the cost matrix's dtype (scipy's ``TypeError``
-  family), ``num_targets`` against the matrix, NaN / infinity sanitising and the
-  infeasibility diagnosis (``check_dtype``, ``as_scipy_matrix``, ``check_num_targets``,
-  ``check_large_integers``, ``sanitise``, ``raise_infeasible``);
-* ``hybridmatch.targets``: the list-of-dicts format (``_validate_core``,
-  ``_resolve_per_object_keys``, ``_check_one_device``);
-* ``hybridmatch.attention``: query-group layouts and mask tensors (``_check_groups``,
-  ``_check_denoising_sees``, ``_check_bool``, ``_check_mask_tensor``, ``_check_valid``);
-* ``hybridmatch.costs``: each cost family's input layout (``_check_box_inputs``,
-  ``_check_class_inputs``, ``_check_keypoints``, ``_check_masks``, ``_check_points``) and
-  the key readers ``read_output`` / ``read_target``;
-* ``hybridmatch.matchers.matcher``: the outputs' common B and N (``_check_outputs``);
-* ``hybridmatch.schemes``: epochs and layers (``_check_epoch``, ``_check_layer``);
-* ``hybridmatch.criterion`` and ``hybridmatch.integrations``: the wrapped criterion's
-  results and key maps.
+* ``solvers._validate``: ``check_dtype``, ``as_scipy_matrix`` (scipy's dtype rules and
+  ``TypeError`` family), ``check_num_targets``, ``check_large_integers``, ``sanitise``
+  (NaN and infinities), ``raise_infeasible``;
+* ``targets``: ``_validate_core`` (the list-of-dicts format), ``_resolve_per_object_keys``,
+  ``_check_one_device``, ``_check_copies`` (``k``, through ``check_int``);
+* ``boxes``: ``_check_pairwise``;
+* ``attention``: ``check_attention_mask`` (public), ``_check_size`` (a query count,
+  through ``check_int``), ``_check_groups``, ``_check_denoising_sees``, ``_check_bool``,
+  ``_check_mask_tensor``, ``_check_valid``;
+* ``costs``: ``read_output`` / ``read_target`` (the declared keys), ``check_label_range``,
+  ``_check_class_inputs``, ``_check_focal_settings``, ``_check_box_inputs``,
+  ``_check_keypoints``, ``_check_area``, ``_check_target_values``, ``_sigmas``,
+  ``_check_masks``, ``_check_not_empty``, ``_check_points``, ``_check_sampled``,
+  ``_check_sampled_targets``;
+* ``matchers.matcher``: ``_check_outputs`` (the outputs' common B and N), ``_device_of``;
+* ``schemes``: ``_check_optional_queries``, ``_check_epoch``, ``_check_layer`` and the
+  state checks of ``load_state_dict``;
+* ``criterion``: ``_check_query_counts``, ``_check_targets_list``, ``_check_result``,
+  ``_check_foreign_costs``; ``integrations.transformers``: ``_check_scheme``,
+  ``_check_weight_dict``.
 """
 
 from __future__ import annotations
