@@ -15,6 +15,11 @@ The contract, the same for every backend:
 - ``min(N, M * capacity)`` pairs are assigned; with ``M = 0`` every query gets -1.
 - ``capacity=K`` lets each target take up to K queries (H-DETR's repeated
   ground truth): the optimum equals matching against K copies of each target.
+- Every backend solves in float64. A float64 cost beyond ``2**500`` in magnitude
+  is first scaled by a power of two (exact), so the solvers' sums cannot overflow;
+  an int64 cost beyond what float64 holds exactly is first reduced by its row (or
+  column) minima, in int64, and solved exactly, or, when still too large, solved
+  with one warning.
 - Results are deterministic. Ties are broken by the backend's rule; the total
   cost is optimal for every backend, the indices may differ between backends
   when several assignments are optimal.
