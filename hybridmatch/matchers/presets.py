@@ -277,12 +277,12 @@ class TopKMatcher(Matcher):
         with context("TopKMatcher", inner=["TopK", "ClassIoUQuality"]):
             check_choice(quality, "quality", ("iou", "iou_class"))
             assigner = TopK(k, threshold, nan_policy=nan_policy)
-            # alpha is ClassIoUQuality's setting; with quality="iou" nothing else reads it.
-            score: Cost = IoUQuality() if quality == "iou" else ClassIoUQuality(alpha)
-            self_alpha = check_probability(alpha, "alpha") if quality == "iou" else score.alpha  # type: ignore[attr-defined]
+            score: Cost = ClassIoUQuality(alpha) if quality == "iou_class" else IoUQuality()
+            # alpha is ClassIoUQuality's setting (checked there); with "iou" nothing else reads it.
+            checked_alpha = score.alpha if isinstance(score, ClassIoUQuality) else check_probability(alpha, "alpha")
         super().__init__(score, assigner)
         self.quality = quality
-        self.alpha = self_alpha
+        self.alpha = checked_alpha
 
     @property
     def k(self) -> int:
