@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShapeError
-from .validation import check_int
+from .validation import Arg, ValueCheck, check_int, check_values
 
 __all__ = [
     "ONE2ONE",
@@ -540,15 +540,12 @@ def check_attention_mask(mask: Tensor, num_queries: int, *, name: str = "attn_ma
     if mask.dtype == torch.bool:
         blocked = mask
     else:
-        bad = torch.isnan(mask) | torch.isposinf(mask)
-        if bool(bad.any()):
-            index = bad.nonzero()[0].tolist()
-            value = mask[tuple(index)].item()
-            raise ShapeError(
-                f"{name}[{', '.join(map(str, index))}] is {value}; an additive mask holds finite values "
-                "and -inf (blocked) only: +inf or NaN makes attention return NaN. Build it with "
-                "to_additive_mask"
+        check_values(
+            ValueCheck(
+                mask, Arg(name), "finite, or -inf where blocked (an additive mask): +inf or NaN makes "
+                "attention return NaN", mask=torch.isnan(mask) | torch.isposinf(mask), fix="build it with to_additive_mask",
             )
+        )
         blocked = mask == float("-inf")
     full_rows = blocked.all(dim=-1)
     if bool(full_rows.any()):

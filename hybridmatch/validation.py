@@ -342,7 +342,7 @@ class Arg:
 
     def __str__(self) -> str:
         if self.key is not None:
-            return f"targets' {self.key!r}" if self.role == "target" else f"outputs[{self.key!r}]"
+            return f"each targets[b][{self.key!r}]" if self.role == "target" else f"outputs[{self.key!r}]"
         return self.name
 
 

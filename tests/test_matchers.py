@@ -163,7 +163,7 @@ def test_all_images_empty() -> None:
 def test_label_out_of_range_names_image_and_index(label: int, kind: str) -> None:
     outputs, targets = random_batch(2, [2, 3])  # 5 logits: 5 focal classes, or 4 + no-object
     targets[1]["labels"][2] = label
-    with pytest.raises(InvalidTargetError, match=rf"targets\[1\]\['labels'\]\[2\] = {label} is outside \[0, [45]\)"):
+    with pytest.raises(InvalidTargetError, match=rf"targets\[1\]\['labels'\]\[2\] is {label}: each targets\[b\]\['labels'\] must be in \[0, [45]\)"):
         HungarianMatcher(class_cost=kind)(outputs, targets)
 
 

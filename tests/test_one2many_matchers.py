@@ -172,7 +172,7 @@ def test_group_matcher_errors() -> None:
         GroupMatcher(2)(outputs, targets)
     outputs, targets = random_batch(0, [2, 1], num_queries=10)
     targets[1]["labels"][0] = 9
-    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['labels'\]\[0\] = 9"):
+    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['labels'\]\[0\] is 9"):
         GroupMatcher(2)(outputs, targets)
 
 
@@ -330,7 +330,7 @@ def test_topk_bad_inputs() -> None:
     bad = [dict(t) for t in targets]
     bad[1]["labels"] = bad[1]["labels"].clone()
     bad[1]["labels"][2] = 5
-    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['labels'\]\[2\] = 5 is outside \[0, 5\)"):
+    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['labels'\]\[2\] is 5: each targets\[b\]\['labels'\] must be in \[0, 5\)"):
         TopKMatcher(quality="iou_class")(outputs, bad)
     outputs["pred_boxes"][1, 4, 1] = float("nan")
     with pytest.raises(InvalidPredictionError, match=r"outputs\['pred_boxes'\]\[1, 4\] contains NaN"):

@@ -165,7 +165,7 @@ def test_mask_costs_name_the_target_dict_entry(cost) -> None:
 def test_additive_mask_with_plus_inf_is_refused() -> None:
     mask = torch.zeros(4, 4)
     mask[0, 1] = math.inf
-    with pytest.raises(ShapeError, match=r"attn_mask\[0, 1\] is inf; an additive mask holds finite values and -inf"):
+    with pytest.raises(ShapeError, match=r"attn_mask\[0, 1\] is inf: attn_mask must be finite, or -inf where blocked"):
         check_attention_mask(mask, 4)
     mask[0, 1] = -math.inf
     check_attention_mask(mask, 4)

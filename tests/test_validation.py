@@ -79,7 +79,7 @@ def test_check_tensor_metadata() -> None:
 def test_check_values_names_the_entry_the_user_wrote() -> None:
     area = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
     valid = torch.tensor([[True, True], [True, True]])
-    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['area'\]\[1\] is -4.0: targets' 'area' must be >= 0"):
+    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['area'\]\[1\] is -4.0: each targets\[b\]\['area'\] must be >= 0"):
         check_values(ValueCheck(area, Arg.target("area", key="area"), ">= 0", minimum=0.0, valid=valid))
     # The padded column of image 1 is not read.
     check_values(ValueCheck(area, Arg.target("area"), ">= 0", minimum=0.0, valid=torch.tensor([[1, 1], [1, 0]]).bool()))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
-from ..validation import check_probability, check_real, check_tensor, nan_where_nonfinite
+from ..validation import Arg, ValueCheck, check_probability, check_real, check_tensor, check_values, nan_where_nonfinite
 from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
@@ -132,14 +132,13 @@ def check_label_range(owner: str, labels: Tensor, valid: Tensor, num_classes: in
         return  # the cost function names the dtype
     if labels.ndim != 2 or tuple(valid.shape) != tuple(labels.shape):
         return  # the cost function names the shape
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if not bool(bad.any()):
-        return
-    image, index = (int(v) for v in torch.nonzero(bad)[0])
-    raise InvalidTargetError(
-        f"{owner}: targets[{image}]['labels'][{index}] = {int(labels[image, index])} is outside "
-        f"[0, {num_classes}) ({layout}); remap the dataset's category ids to contiguous "
-        "indices or widen the classifier"
+    check_values(
+        ValueCheck(
+            labels, Arg.target("labels", key="labels"), f"in [0, {num_classes}) ({layout})",
+            minimum=0, maximum=num_classes - 1, valid=valid,
+            fix="remap the dataset's category ids to contiguous indices or widen the classifier",
+        ),
+        where=owner,
     )
 
 

@@ -190,7 +190,7 @@ class OKSCost(Cost):
         raw = read_target(targets, self.target_key, self)
         args = _KeypointArgs.of(self.key, self.target_key)
         pred, target = _check_keypoints("OKSCost", read_output(outputs, self.key, self), raw, args)
-        area_name = f"targets' {self.area_key!r}" if self.area_key is not None else "the boxes' w * h"
+        area_name = f"each targets[b][{self.area_key!r}]" if self.area_key is not None else "the boxes' w * h"
         area = self._area(targets)
         _check_area("OKSCost", area, raw, area_name)
         _sigmas("OKSCost", self.sigmas, target.shape[2])

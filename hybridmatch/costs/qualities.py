@@ -97,7 +97,7 @@ class ClassIoUQuality(IoUQuality):
         )
         labels = read_target(targets, "labels", self)
         check_tensor(
-            labels, "targets' 'labels'", ndim=2, layout="(B, M) once padded", dtype="integer",
+            labels, "each targets[b]['labels']", ndim=2, layout="(B, M) once padded", dtype="integer",
             where=type(self).__name__, error=InvalidTargetError,
         )
         boxes = read_target(targets, "boxes", self)
