@@ -50,7 +50,6 @@ References: Jia et al., "DETRs with Hybrid Matching", CVPR 2023; Chen et al.,
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -59,6 +58,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShapeError
+from .validation import Arg, ValueCheck, check_int, check_values
 
 __all__ = [
     "ONE2ONE",
@@ -177,7 +177,7 @@ def group_attention_mask(
     groups = _check_groups(groups)
     seen_names = _check_denoising_sees(denoising_sees, groups)
     slices = group_slices(groups)
-    total = sum(group.size for group in groups)
+    total = _check_size(sum(group.size for group in groups), "T = the sum of the group sizes")
     mask = torch.ones((total, total), dtype=torch.bool, device=device)
     for group in groups:
         own = slices[group.name]
@@ -452,9 +452,9 @@ def expand_mask(
     if layout not in ("mha", "sdpa"):
         raise ShapeError(f"expand_mask: layout must be 'mha' or 'sdpa', got {layout!r}")
     if batch_size is not None:
-        batch_size = _check_size(batch_size, "batch_size", minimum=1)
+        batch_size = _check_size(batch_size, "batch_size", minimum=1, maximum=None)
     if num_heads is not None:
-        num_heads = _check_size(num_heads, "num_heads", minimum=1)
+        num_heads = _check_size(num_heads, "num_heads", minimum=1, maximum=None)
     if mask.dim() == 3:
         if batch_size is not None and batch_size != mask.shape[0]:
             raise ShapeError(
@@ -540,8 +540,12 @@ def check_attention_mask(mask: Tensor, num_queries: int, *, name: str = "attn_ma
     if mask.dtype == torch.bool:
         blocked = mask
     else:
-        if bool(torch.isnan(mask).any()):
-            raise ShapeError(f"{name} holds NaN; an additive mask holds 0 and -inf only")
+        check_values(
+            ValueCheck(
+                mask, Arg(name), "finite, or -inf where blocked (an additive mask): +inf or NaN makes "
+                "attention return NaN", mask=torch.isnan(mask) | torch.isposinf(mask), fix="build it with to_additive_mask",
+            )
+        )
         blocked = mask == float("-inf")
     full_rows = blocked.all(dim=-1)
     if bool(full_rows.any()):
@@ -557,12 +561,14 @@ def check_attention_mask(mask: Tensor, num_queries: int, *, name: str = "attn_ma
 # Private helpers.
 
 
-def _check_size(value: object, name: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ShapeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if int(value) < minimum:
-        raise ShapeError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
+#: The most queries a (T, T) mask can have: T * T elements must fit a tensor (int64 sizes).
+MAX_QUERIES = 3_037_000_499
+
+
+def _check_size(value: object, name: str, *, minimum: int = 0, maximum: int | None = MAX_QUERIES) -> int:
+    """A number of queries (or, with ``maximum=None``, another size) as an int."""
+    hint = "a (T, T) mask of more queries has more elements than a tensor can hold" if maximum else ""
+    return check_int(value, name, minimum=minimum, maximum=maximum, error=ShapeError, hint=hint)
 
 
 def _check_groups(groups: Sequence[QueryGroup]) -> list[QueryGroup]:

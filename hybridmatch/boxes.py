@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShapeError
+from .validation import check_same_device, check_tensor
 
 __all__ = [
     "box_cxcywh_to_xyxy",
@@ -55,7 +56,7 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
         >>> box_cxcywh_to_xyxy(torch.tensor([0.5, 0.5, 1.0, 2.0]))
         tensor([ 0.0000, -0.5000,  1.0000,  1.5000])
     """
-    _check_last_dim("boxes", boxes)
+    check_tensor(boxes, "boxes", last=4, layout="(..., 4)", needs_values=False)
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
@@ -75,7 +76,7 @@ def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
         >>> box_xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.4, 0.2]]))
         tensor([[0.2000, 0.1000, 0.4000, 0.2000]])
     """
-    _check_last_dim("boxes", boxes)
+    check_tensor(boxes, "boxes", last=4, layout="(..., 4)", needs_values=False)
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack(((x0 + x1) * 0.5, (y0 + y1) * 0.5, x1 - x0, y1 - y0), dim=-1)
 
@@ -94,7 +95,7 @@ def box_area(boxes: Tensor) -> Tensor:
         >>> box_area(torch.tensor([[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]))
         tensor([6., 0.])
     """
-    _check_last_dim("boxes", boxes)
+    check_tensor(boxes, "boxes", last=4, layout="(..., 4)", needs_values=False)
     boxes = _upcast(boxes)
     return _area(boxes)
 
@@ -170,15 +171,15 @@ def elementwise_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         >>> elementwise_giou(a, b)
         tensor([1., 0.])
     """
-    _check_last_dim("boxes1", boxes1)
-    _check_last_dim("boxes2", boxes2)
+    check_tensor(boxes1, "boxes1", last=4, layout="(..., 4)", needs_values=False)
+    check_tensor(boxes2, "boxes2", last=4, layout="(..., 4)", needs_values=False)
     if boxes1.shape != boxes2.shape:
         raise ShapeError(
             f"elementwise_giou: boxes1 and boxes2 must have the same shape (..., 4), got "
             f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)}; for all pairs "
             f"use pairwise_giou"
         )
-    _check_same_device(boxes1, boxes2)
+    check_same_device("", "boxes1", boxes1, "boxes2", boxes2)
     iou, union, enclosing = _overlaps(_upcast(boxes1), _upcast(boxes2))
     return _giou(iou, union, enclosing)
 
@@ -231,19 +232,6 @@ def _giou(iou: Tensor, union: Tensor, enclosing: Tensor) -> Tensor:
     return iou - _safe_ratio(empty_part, enclosing)
 
 
-def _check_last_dim(name: str, boxes: Tensor) -> None:
-    if boxes.ndim == 0 or boxes.shape[-1] != 4:
-        raise ShapeError(f"{name} must have shape (..., 4), got {tuple(boxes.shape)}")
-
-
-def _check_same_device(boxes1: Tensor, boxes2: Tensor) -> None:
-    if boxes1.device != boxes2.device:
-        raise ShapeError(
-            f"boxes1 is on {boxes1.device} but boxes2 is on {boxes2.device}; "
-            f"move both to one device"
-        )
-
-
 def _check_pairwise(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         if boxes.ndim not in (2, 3) or boxes.shape[-1] != 4:
@@ -261,5 +249,5 @@ def _check_pairwise(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
             f"(shapes {tuple(boxes1.shape)} and {tuple(boxes2.shape)}); both must describe "
             f"the same images"
         )
-    _check_same_device(boxes1, boxes2)
+    check_same_device("", "boxes1", boxes1, "boxes2", boxes2)
     return _upcast(boxes1), _upcast(boxes2)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,7 @@ from typing import Any
 from torch import Tensor
 
 from ._warnings import warn_once
-from ._checks import check_int
+from .validation import check_bool, check_int, check_probability, check_real
 from .errors import ConfigurationError, ShapeError
 
 __all__ = [
@@ -104,14 +103,10 @@ class Supervision:
                 f"Supervision: queries must be a slice of the query dimension, got "
                 f"{self.queries!r} ({type(self.queries).__name__})"
             )
-        k = _check_int("Supervision", "k", self.k, minimum=1)
-        weight = _check_weight("Supervision", "weight", self.weight)
-        if not isinstance(self.one2many, bool):
-            raise ConfigurationError(
-                f"Supervision: one2many must be a bool, got {self.one2many!r} "
-                f"({type(self.one2many).__name__})"
-            )
-        if k > 1 and not self.one2many:
+        k = check_int(self.k, "k", minimum=1, where="Supervision")
+        weight = check_real(self.weight, "weight", minimum=0, where="Supervision")
+        one2many = check_bool(self.one2many, "one2many", where="Supervision")
+        if k > 1 and not one2many:
             raise ConfigurationError(
                 f"Supervision: one2many=False needs k=1, got k={k}; set one2many=True for a "
                 f"group matched against repeated targets"
@@ -124,6 +119,7 @@ class Supervision:
         # Normalise numpy ints / ints-as-weights to plain Python types (frozen: bypass setattr).
         object.__setattr__(self, "k", k)
         object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "one2many", one2many)
 
 
 class Scheme(abc.ABC):
@@ -205,7 +201,7 @@ class Scheme(abc.ABC):
                 of the data set), >= 0.
             epoch (int, optional): the epoch being supervised; default :attr:`epoch`.
         """
-        _check_int(f"{type(self).__name__}.check_targets", "max_targets", max_targets, minimum=0)
+        check_int(max_targets, "max_targets", minimum=0, where=f"{type(self).__name__}.check_targets")
         capacity = self._one2many_capacity()
         if capacity is None:
             return
@@ -362,16 +358,13 @@ class HybridBranch(Scheme):
         epoch: int = 0,
     ) -> None:
         super().__init__(epoch=epoch)
-        self.num_one2one: int = _check_int("HybridBranch", "num_one2one", num_one2one, minimum=1)
-        self.num_one2many: int = _check_int(
-            "HybridBranch",
-            "num_one2many",
-            num_one2many,
-            minimum=1,
+        self.num_one2one: int = check_int(num_one2one, "num_one2one", minimum=1, where="HybridBranch")
+        self.num_one2many: int = check_int(
+            num_one2many, "num_one2many", minimum=1, where="HybridBranch",
             hint="for plain one-to-one training use no scheme",
         )
-        self.k: int = _check_int("HybridBranch", "k", k, minimum=1, hint="H-DETR uses k=6")
-        self.weight: float = _check_weight("HybridBranch", "weight", weight)
+        self.k: int = check_int(k, "k", minimum=1, hint="H-DETR uses k=6", where="HybridBranch")
+        self.weight: float = check_real(weight, "weight", minimum=0, where="HybridBranch")
 
     @property
     def one2one_queries(self) -> slice:
@@ -431,8 +424,7 @@ class HybridBranch(Scheme):
         Raises:
             ShapeError: ``tensor`` has no dimension ``dim`` or its size there is not ``T``.
         """
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-            raise ShapeError(f"HybridBranch.split: dim must be an int, got {dim!r}")
+        check_int(dim, "dim", where="HybridBranch.split", error=ShapeError)
         ndim = tensor.dim()
         if not -ndim <= int(dim) < ndim:
             raise ShapeError(
@@ -522,11 +514,12 @@ class HybridEpoch(Scheme):
         epoch: int = 0,
     ) -> None:
         super().__init__(epoch=epoch)
-        self.k: int = _check_int("HybridEpoch", "k", k, minimum=1, hint="H-DETR uses k=10")
-        self.one2many_fraction: float = _check_fraction(
-            "HybridEpoch", "one2many_fraction", one2many_fraction
+        self.k: int = check_int(k, "k", minimum=1, hint="H-DETR uses k=10", where="HybridEpoch")
+        self.one2many_fraction: float = check_probability(
+            one2many_fraction, "one2many_fraction", where="HybridEpoch",
+            hint="the fraction of the epochs trained one-to-many (H-DETR uses 2/3)",
         )
-        self.total_epochs: int = _check_int("HybridEpoch", "total_epochs", total_epochs, minimum=1)
+        self.total_epochs: int = check_int(total_epochs, "total_epochs", minimum=1, where="HybridEpoch")
         self._num_queries: int | None = _check_optional_queries("HybridEpoch", num_queries)
         # Round half up; rounding the product to 9 decimals first drops float noise such as
         # 0.58 * 25 = 14.499999999999998, which is meant as 14.5.
@@ -615,9 +608,9 @@ class HybridLayer(Scheme):
         epoch: int = 0,
     ) -> None:
         super().__init__(epoch=epoch)
-        self.k: int = _check_int("HybridLayer", "k", k, minimum=1, hint="H-DETR uses k=10")
-        self.num_one2many_layers: int = _check_int(
-            "HybridLayer", "num_one2many_layers", num_one2many_layers, minimum=0
+        self.k: int = check_int(k, "k", minimum=1, hint="H-DETR uses k=10", where="HybridLayer")
+        self.num_one2many_layers: int = check_int(
+            num_one2many_layers, "num_one2many_layers", minimum=0, where="HybridLayer"
         )
         self._num_queries: int | None = _check_optional_queries("HybridLayer", num_queries)
 
@@ -666,52 +659,19 @@ def _all_queries(num_queries: int | None) -> slice:
     return slice(None) if num_queries is None else slice(0, num_queries)
 
 
-def _check_int(
-    where: str, name: str, value: object, *, minimum: int, hint: str | None = None
-) -> int:
-    return check_int(value, name, minimum=minimum, where=where, hint=hint or "")
-
-
-def _check_weight(where: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(
-            f"{where}: {name} must be a finite real number >= 0, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise ConfigurationError(f"{where}: {name} must be a finite real number >= 0, got {value!r}")
-    return number
-
-
-def _check_fraction(where: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(
-            f"{where}: {name} must be a real number in [0, 1], got {value!r} "
-            f"({type(value).__name__}); H-DETR uses 2/3"
-        )
-    number = float(value)
-    if not 0.0 <= number <= 1.0:  # also rejects NaN
-        raise ConfigurationError(
-            f"{where}: {name} must be a real number in [0, 1], got {value!r}; "
-            f"it is the fraction of the epochs trained one-to-many (H-DETR uses 2/3)"
-        )
-    return number
-
-
 def _check_optional_queries(where: str, value: object) -> int | None:
     if value is None:
         return None
-    return _check_int(where, "num_queries", value, minimum=1, hint="or None when unknown")
+    return check_int(value, "num_queries", minimum=1, where=where, hint="or None when unknown")
 
 
 def _check_epoch(where: str, epoch: object) -> int:
-    return _check_int(where, "epoch", epoch, minimum=0)
+    return check_int(epoch, "epoch", minimum=0, where=where)
 
 
 def _check_layer(where: str, layer: object, num_layers: object) -> None:
-    layers = _check_int(f"{where}.supervision", "num_layers", num_layers, minimum=1)
-    index = _check_int(f"{where}.supervision", "layer", layer, minimum=0)
+    layers = check_int(num_layers, "num_layers", minimum=1, where=f"{where}.supervision")
+    index = check_int(layer, "layer", minimum=0, where=f"{where}.supervision")
     if index >= layers:
         raise ConfigurationError(
             f"{where}.supervision: layer must be in [0, num_layers) = [0, {layers}), got "

@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ._warnings import warn_once
 from .errors import InvalidTargetError, ShapeError
+from .validation import check_int
 
 __all__ = [
     "PER_IMAGE_KEYS",
@@ -584,17 +585,10 @@ def split_repeated_index(index: Any, num_targets: Any) -> tuple[Any, Any]:
 
 
 def _check_copies(k: object, *, caller: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise InvalidTargetError(
-            f"{caller}: k (the number of copies of each target) must be an int >= 1, got "
-            f"{k!r} ({type(k).__name__}); H-DETR uses k=6"
-        )
-    if int(k) < 1:
-        raise InvalidTargetError(
-            f"{caller}: k (the number of copies of each target) must be an int >= 1, got {k}; "
-            f"use k=1 for one-to-one targets"
-        )
-    return int(k)
+    return check_int(
+        k, "k (the number of copies of each target)", minimum=1, where=caller, error=InvalidTargetError,
+        hint="H-DETR uses k=6, k=1 gives one-to-one targets",
+    )
 
 
 def _is_integer_dtype(dtype: torch.dtype) -> bool:

@@ -574,9 +574,9 @@ def test_check_attention_mask_bad_tensors() -> None:
 
 @pytest.mark.parametrize("bad", [True, -1, 2.0, "3", None])
 def test_sizes_must_be_non_negative_ints(bad: object) -> None:
-    with pytest.raises(ShapeError, match="num_one2one must be an int >= 0"):
+    with pytest.raises(ShapeError, match=r"num_one2one must be an int in \[0, "):
         hybrid_attention_mask(bad, 3)  # type: ignore[arg-type]
-    with pytest.raises(ShapeError, match="num_one2many must be an int >= 0"):
+    with pytest.raises(ShapeError, match=r"num_one2many must be an int in \[0, "):
         hybrid_attention_mask(3, bad)  # type: ignore[arg-type]
     with pytest.raises(ShapeError, match="group_size"):
         group_detr_mask(2, bad)  # type: ignore[arg-type]

@@ -475,7 +475,7 @@ def test_shape_error_through_a_cost_object() -> None:
 
 @pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, "2.0", None, True])
 def test_weights_must_be_finite_reals(weight: object) -> None:
-    with pytest.raises(ValueError, match="cost weights must be finite real numbers"):
+    with pytest.raises(ValueError, match="cost weight must be a finite real number"):
         CostSum([(weight, L1BoxCost())])  # type: ignore[list-item]
 
 

@@ -443,7 +443,7 @@ def test_bad_labels_name_transformers_keys() -> None:
     pixel_values, labels = _inputs()
     install_hybrid_loss(model, HybridLayer(k=K, num_one2many_layers=1))
     labels[1]["class_labels"] = torch.tensor([1, 3, 0])  # 3 classes: 3 is out of range
-    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['class_labels'\]\[1\] = 3"):
+    with pytest.raises(InvalidTargetError, match=r"targets\[1\]\['class_labels'\]\[1\] is 3"):
         model(pixel_values=pixel_values, labels=labels)
 
 

@@ -300,7 +300,7 @@ def test_label_checks_follow_the_class_cost_given() -> None:
     outputs, targets = task_batch(8, [2, 1])  # 3 logits
     targets[1]["labels"][0] = 2  # a real class for focal (3 classes), the no-object column for softmax
     HungarianMatcher(cost=FocalClassCost() + L1BoxCost())(outputs, targets)
-    with pytest.raises(InvalidTargetError, match=r"SoftmaxClassCost: targets\[1\]\['labels'\]\[0\] = 2 is outside \[0, 2\) \(3 softmax logits = 2 classes \+ no-object\)"):
+    with pytest.raises(InvalidTargetError, match=r"SoftmaxClassCost: targets\[1\]\['labels'\]\[0\] is 2: each targets\[b\]\['labels'\] must be in \[0, 2\) \(3 softmax logits = 2 classes \+ no-object\)"):
         HungarianMatcher(cost=SoftmaxClassCost() + L1BoxCost())(outputs, targets)
 
 

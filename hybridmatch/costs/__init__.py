@@ -10,10 +10,14 @@ their costs are arbitrary but finite for finite inputs, and are ignored by the
 solver via ``num_targets``. A real column's cost never depends on the padded
 ones: every column is computed on its own.
 
-The functions check metadata only (ndim, batch size, last dimension, dtype,
-device). The :class:`Cost` classes declare the keys they read
-(:attr:`Cost.output_keys`, :attr:`Cost.target_keys`), check them, and the class
-costs also check the range of the real labels (one device sync). The classes
+Every cost states a contract per input (range, dtype, layout) in its docstring and
+checks it: metadata (ndim, batch size, last dimension, dtype, device) always; values
+only where a bad one would give a plausible-looking cost, with one device sync per
+call (the class costs' real labels, the keypoint costs' visibility and areas, the mask
+costs' target values at the points). A NaN or infinite prediction or box needs no
+scan: its row (or column) of the cost is NaN, which the solver refuses and the matcher
+traces back to the input. The :class:`Cost` classes declare the keys they read
+(:attr:`Cost.output_keys`, :attr:`Cost.target_keys`) and check them. The classes
 compose with ``*`` (a weight) and ``+`` into a :class:`CostSum`::
 
     cost = 2.0 * FocalClassCost() + 5.0 * L1BoxCost() + 2.0 * GIoUCost()

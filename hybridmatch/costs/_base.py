@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import math
 import numbers
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -11,8 +10,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
+from ..errors import ConfigurationError, InvalidPredictionError, InvalidTargetError
 from ..targets import PaddedTargets
+from ..validation import check_real
 
 __all__ = ["TargetBatch", "Cost", "CostSum"]
 
@@ -173,7 +173,7 @@ class CostSum(Cost):
     def __init__(self, terms: Sequence[tuple[float, Cost]]) -> None:
         flat: list[tuple[float, Cost]] = []
         for weight, cost in terms:
-            weight = _check_weight(weight)
+            weight = check_real(weight, "cost weight", where="CostSum", hint="negative and zero weights are allowed")
             if isinstance(cost, CostSum):
                 flat.extend((weight * inner_weight, inner) for inner_weight, inner in cost.terms)
             elif isinstance(cost, Cost):
@@ -266,34 +266,8 @@ def shape_of(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def check_same_batch(function: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Raise unless ``a`` and ``b`` describe the same B images on one device."""
-    if a.shape[0] != b.shape[0]:
-        raise ShapeError(
-            f"{function}: {name_a} {shape_of(a)} and {name_b} {shape_of(b)} have different "
-            f"batch sizes; both must describe the same B images"
-        )
-    if a.device != b.device:
-        raise ShapeError(
-            f"{function}: {name_a} are on {a.device} but {name_b} on {b.device}; move both to "
-            f"one device"
-        )
-
-
 def key_repr(key: str, default: str, name: str = "key") -> str:
     return "" if key == default else f"{name}={key!r}"
-
-
-def is_finite_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_weight(weight: object) -> float:
-    if not is_finite_real(weight):
-        raise ConfigurationError(
-            f"cost weights must be finite real numbers, got {weight!r} ({type(weight).__name__})"
-        )
-    return float(weight)  # type: ignore[arg-type]
 
 
 def _union(groups: Any) -> tuple[str, ...]:

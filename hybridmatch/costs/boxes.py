@@ -8,8 +8,8 @@ from typing import Any
 from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, pairwise_giou
-from ..errors import ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_target, shape_of
+from ..validation import check_same_batch, check_tensor, nan_where_nonfinite
+from ._base import Cost, Shared, key_repr, read_target
 
 __all__ = ["l1_box_cost", "giou_cost", "L1BoxCost", "GIoUCost"]
 
@@ -21,11 +21,13 @@ def l1_box_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     ``cxcywh``).
 
     Args:
-        pred_boxes (Tensor[B, N, 4]): predicted boxes.
-        target_boxes (Tensor[B, M, 4]): target boxes.
+        pred_boxes (Tensor[B, N, 4]): predicted boxes, any real dtype, finite.
+        target_boxes (Tensor[B, M, 4]): target boxes, any real dtype, finite.
 
     Returns:
-        Tensor[B, N, M] float32: ``sum_i |pred_boxes[b, n, i] - target_boxes[b, m, i]|``.
+        Tensor[B, N, M] float32: ``sum_i |pred_boxes[b, n, i] - target_boxes[b, m, i]|``,
+        >= 0; NaN in the rows of predicted and the columns of target boxes that hold NaN or
+        an infinity (the solver refuses it and the matcher names the box).
 
     Example:
         >>> import torch
@@ -37,7 +39,7 @@ def l1_box_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     # Broadcasting rather than torch.cdist: cdist has no float16 path on every device,
     # and this stays exact in float32 for the small N x M of matching.
     diff = pred_boxes.float().unsqueeze(2) - target_boxes.float().unsqueeze(1)
-    return diff.abs().sum(dim=-1)
+    return nan_where_nonfinite(diff.abs().sum(dim=-1), pred_boxes, target_boxes)
 
 
 def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
@@ -47,11 +49,13 @@ def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     never NaN).
 
     Args:
-        pred_boxes (Tensor[B, N, 4]): predicted boxes, ``cxcywh``.
-        target_boxes (Tensor[B, M, 4]): target boxes, ``cxcywh``.
+        pred_boxes (Tensor[B, N, 4]): predicted boxes, ``cxcywh``, any real dtype, finite
+            (a negative width or height is a degenerate box).
+        target_boxes (Tensor[B, M, 4]): target boxes, ``cxcywh``, as ``pred_boxes``.
 
     Returns:
-        Tensor[B, N, M] float32, in [-1, 1].
+        Tensor[B, N, M] float32, in [-1, 1]; NaN in the rows and columns of boxes holding
+        NaN or an infinity, as :func:`l1_box_cost`.
 
     Example:
         >>> import torch
@@ -64,7 +68,7 @@ def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     _check_box_inputs("giou_cost", pred_boxes, target_boxes)
     pred_xyxy = box_cxcywh_to_xyxy(pred_boxes.float())
     target_xyxy = box_cxcywh_to_xyxy(target_boxes.float())
-    return -pairwise_giou(pred_xyxy, target_xyxy)
+    return nan_where_nonfinite(-pairwise_giou(pred_xyxy, target_xyxy), pred_boxes, target_boxes)
 
 
 class _BoxCost(Cost):
@@ -123,8 +127,5 @@ class GIoUCost(_BoxCost):
 
 def _check_box_inputs(function: str, pred_boxes: Tensor, target_boxes: Tensor) -> None:
     for name, boxes, size in (("pred_boxes", pred_boxes, "N"), ("target_boxes", target_boxes, "M")):
-        if boxes.ndim != 3 or boxes.shape[2] != 4:
-            raise ShapeError(
-                f"{function}: {name} must have shape (B, {size}, 4), got {shape_of(boxes)}"
-            )
+        check_tensor(boxes, name, ndim=3, last=4, layout=f"(B, {size}, 4)", dtype="real", where=function)
     check_same_batch(function, "pred_boxes", pred_boxes, "target_boxes", target_boxes)

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from ._base import Cost, Shared, is_finite_real, key_repr, read_output, read_target, shape_of, valid_mask
+from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from ..validation import Arg, ValueCheck, check_probability, check_real, check_tensor, check_values, nan_where_nonfinite
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
     "softmax_class_cost",
@@ -25,11 +26,15 @@ def softmax_class_cost(logits: Tensor, labels: Tensor) -> Tensor:
     """Negative softmax probability of each target's class (DETR, Carion et al. 2020).
 
     Args:
-        logits (Tensor[B, N, C]): class logits; C includes the "no object" class.
-        labels (Tensor[B, M] integer): target classes; padded columns may hold any value.
+        logits (Tensor[B, N, C]): floating class logits, C >= 1; C includes the "no object"
+            class.
+        labels (Tensor[B, M] integer): target classes in ``[0, C)``; a label outside reads
+            the nearest class (padded columns may hold any value: -1 or C). The class
+            costs (:class:`SoftmaxClassCost`) check the range of the real labels.
 
     Returns:
-        Tensor[B, N, M] float32: ``-softmax(logits[b, n])[labels[b, m]]``, in [-1, 0].
+        Tensor[B, N, M] float32: ``-softmax(logits[b, n])[labels[b, m]]``, in [-1, 0];
+        NaN in the rows of queries with a NaN or infinite logit.
 
     Example:
         >>> from hybridmatch.costs import softmax_class_cost
@@ -39,7 +44,7 @@ def softmax_class_cost(logits: Tensor, labels: Tensor) -> Tensor:
     """
     logits, labels = _check_class_inputs("softmax_class_cost", logits, labels)
     probs = logits.float().softmax(dim=-1)
-    return -_gather_classes(probs, labels)
+    return nan_where_nonfinite(-_gather_classes(probs, labels), logits)
 
 
 def focal_class_cost(
@@ -58,13 +63,16 @@ def focal_class_cost(
     including ±30 in float16.
 
     Args:
-        logits (Tensor[B, N, C]): per-class sigmoid logits (no "no object" class).
-        labels (Tensor[B, M] integer): target classes; padded columns may hold any value.
+        logits (Tensor[B, N, C]): floating per-class sigmoid logits (no "no object" class),
+            C >= 1.
+        labels (Tensor[B, M] integer): target classes in ``[0, C)``, as in
+            :func:`softmax_class_cost` (:class:`FocalClassCost` checks the real ones).
         alpha (float): weight of the positive term, in [0, 1].
         gamma (float): focusing exponent, >= 0.
 
     Returns:
-        Tensor[B, N, M] float32.
+        Tensor[B, N, M] float32 in ``[-(1 - alpha) * L, alpha * L]`` with ``L = -log(eps)
+        = 18.42``; NaN in the rows of queries with a NaN or infinite logit.
 
     Example:
         >>> from hybridmatch.costs import focal_class_cost
@@ -79,7 +87,7 @@ def focal_class_cost(
     one_minus_p = (-target_logits).sigmoid()
     pos = alpha * one_minus_p.pow(gamma) * -(p + _FOCAL_EPS).log()
     neg = (1.0 - alpha) * p.pow(gamma) * -(one_minus_p + _FOCAL_EPS).log()
-    return pos - neg
+    return nan_where_nonfinite(pos - neg, logits)
 
 
 class _ClassCost(Cost):
@@ -124,14 +132,13 @@ def check_label_range(owner: str, labels: Tensor, valid: Tensor, num_classes: in
         return  # the cost function names the dtype
     if labels.ndim != 2 or tuple(valid.shape) != tuple(labels.shape):
         return  # the cost function names the shape
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if not bool(bad.any()):
-        return
-    image, index = (int(v) for v in torch.nonzero(bad)[0])
-    raise InvalidTargetError(
-        f"{owner}: targets[{image}]['labels'][{index}] = {int(labels[image, index])} is outside "
-        f"[0, {num_classes}) ({layout}); remap the dataset's category ids to contiguous "
-        "indices or widen the classifier"
+    check_values(
+        ValueCheck(
+            labels, Arg.target("labels", key="labels"), f"in [0, {num_classes}) ({layout})",
+            minimum=0, maximum=num_classes - 1, valid=valid,
+            fix="remap the dataset's category ids to contiguous indices or widen the classifier",
+        ),
+        where=owner,
     )
 
 
@@ -213,11 +220,10 @@ def _gather_classes(per_class: Tensor, labels: Tensor) -> Tensor:
 
 
 def _check_class_inputs(function: str, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    if logits.ndim != 3:
-        raise ShapeError(
-            f"{function}: logits must have shape (B, N, C), got {shape_of(logits)}; "
-            f"for a single image pass logits[None]"
-        )
+    check_tensor(
+        logits, "logits", ndim=3, layout="(B, N, C)", dtype="floating", where=function,
+        hint="for a single image pass logits[None]",
+    )
     if logits.shape[2] == 0:
         raise ShapeError(f"{function}: logits must have at least one class, got {shape_of(logits)}")
     if labels.ndim != 2:
@@ -243,7 +249,5 @@ def _check_class_inputs(function: str, logits: Tensor, labels: Tensor) -> tuple[
 
 
 def _check_focal_settings(alpha: float, gamma: float) -> None:
-    if not is_finite_real(alpha) or not 0.0 <= alpha <= 1.0:
-        raise ConfigurationError(f"focal cost: alpha must be a real number in [0, 1], got {alpha!r}")
-    if not is_finite_real(gamma) or gamma < 0.0:
-        raise ConfigurationError(f"focal cost: gamma must be a finite real number >= 0, got {gamma!r}")
+    check_probability(alpha, "alpha", where="focal cost")
+    check_real(gamma, "gamma", minimum=0.0, where="focal cost")

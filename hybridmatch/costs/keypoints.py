@@ -4,7 +4,20 @@ Keypoints follow COCO: a target holds ``J`` triples ``(x, y, v)`` with ``v = 0``
 labelled, ``1`` labelled but occluded, ``2`` visible; a keypoint *counts* when ``v > 0``.
 Predictions hold ``(x, y)`` per keypoint. Coordinates and the target's ``area`` must be in the
 same units (pixels and pixels², or normalised and normalised²); the costs never convert.
-Both accept COCO's flat layout too: ``(..., 3 * J)`` targets and ``(..., 2 * J)`` predictions.
+
+The input contract, checked by both costs:
+
+* layout: batched only, ``(B, N, J, 2)`` predictions and ``(B, M, J, 3)`` targets, or COCO's
+  flat ``(B, N, 2 * J)`` and ``(B, M, 3 * J)`` with ``J >= 2``. A 3-D tensor whose last
+  dimension is 2 (predictions) or 3 (targets) is refused: it could be the flat layout of one
+  keypoint or one image's ``(N, J, 2)`` / ``(M, J, 3)`` without the batch dimension (add it
+  with ``[None]``). Any floating or integer dtype; computed in float32.
+* target values: ``v`` finite and ``>= 0``; ``x, y`` finite where ``v > 0`` (unlabelled
+  keypoints may hold anything); ``area`` finite and ``>= 0``. Otherwise an
+  :class:`~hybridmatch.errors.InvalidTargetError` names the entry (reading the targets'
+  values: one device sync per call).
+* predictions: any finite values; a prediction holding NaN or an infinity gets NaN cost
+  against every target (its row), which the solver refuses and the matcher names.
 
 Memory: both build a ``(B, N, M, J)`` float32 intermediate.
 """
@@ -12,13 +25,14 @@ Memory: both build a ``(B, N, M, J)`` float32 intermediate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigurationError, ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_output, read_target, shape_of
+from ..validation import Arg, ValueCheck, check_reals, check_same_batch, check_tensor, check_values, nan_where_nonfinite
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
     "COCO_KEYPOINT_SIGMAS",
@@ -59,15 +73,22 @@ def oks_cost(
     target by the distance to its box; a matching cost has no use for that.)
 
     Args:
-        pred_keypoints (Tensor[B, N, J, 2] or Tensor[B, N, 2 * J]): predicted ``(x, y)``;
-            a ``(B, N, J, 3)`` tensor is read as ``(x, y, score)``.
-        target_keypoints (Tensor[B, M, J, 3] or Tensor[B, M, 3 * J]): target ``(x, y, v)``.
-        area (Tensor[B, M]): target areas, in the coordinates' units squared.
-        sigmas (sequence of J floats or Tensor[J], optional): per-keypoint constants;
-            default :data:`COCO_KEYPOINT_SIGMAS` (J must then be 17).
+        pred_keypoints (Tensor[B, N, J, 2] or Tensor[B, N, 2 * J]): predicted ``(x, y)``,
+            finite; a ``(B, N, J, 3)`` tensor is read as ``(x, y, score)``.
+        target_keypoints (Tensor[B, M, J, 3] or Tensor[B, M, 3 * J]): target ``(x, y, v)``,
+            ``v`` finite and >= 0, ``x, y`` finite where ``v > 0``.
+        area (Tensor[B, M]): target areas, in the coordinates' units squared; finite, >= 0.
+        sigmas (sequence of J floats or Tensor[J], optional): per-keypoint constants, finite
+            and > 0; default :data:`COCO_KEYPOINT_SIGMAS` (J must then be 17).
 
     Returns:
-        Tensor[B, N, M] float32 in [0, 1].
+        Tensor[B, N, M] float32 in [0, 1]; NaN in the rows of predictions holding NaN or inf.
+
+    Raises:
+        ShapeError: a layout outside the module's contract (see above).
+        InvalidTargetError: a target value outside it (negative or non-finite area, NaN
+            visibility, a labelled keypoint at NaN).
+        ConfigurationError: ``sigmas`` are not J finite numbers > 0.
 
     Example:
         >>> target = torch.tensor([[[[10.0, 10.0, 2.0], [20.0, 10.0, 0.0]]]])  # (1, 1, 2, 3)
@@ -75,20 +96,22 @@ def oks_cost(
         >>> oks_cost(pred, target, torch.tensor([[100.0]]), sigmas=[0.1, 0.1])  # exact on the labelled one
         tensor([[[0.]]])
     """
-    pred, target = _check_keypoints("oks_cost", pred_keypoints, target_keypoints)
-    num_joints = target.shape[2]
-    if area.ndim != 2 or tuple(area.shape) != tuple(target.shape[:2]):
-        raise ShapeError(
-            f"oks_cost: area must have shape (B, M) = {tuple(target.shape[:2])} to match the "
-            f"target keypoints, got {shape_of(area)}"
-        )
-    variances = (2.0 * _sigmas("oks_cost", sigmas, num_joints, pred.device)) ** 2  # (J,)
+    pred, target = _check_keypoints("oks_cost", pred_keypoints, target_keypoints, _FUNCTION_ARGS)
+    _check_area("oks_cost", area, target_keypoints, "area")
+    values = _sigmas("oks_cost", sigmas, target.shape[2])
+    _check_target_values("oks_cost", target_keypoints, target, area, _FUNCTION_ARGS, None)
+    return _oks(pred, target, area, values)
+
+
+def _oks(pred: Tensor, target: Tensor, area: Tensor, sigmas: Sequence[float]) -> Tensor:
+    """1 - OKS of checked ``(B, N, J, 2)`` and ``(B, M, J, 3)`` float32 keypoints."""
+    variances = (2.0 * torch.tensor(sigmas, dtype=torch.float32, device=pred.device)) ** 2  # (J,)
     squared = _squared_distances(pred, target)  # (B, N, M, J)
     scale = variances * (area.to(pred.device).float()[:, None, :, None] + _AREA_EPS) * 2.0
     labelled = (target[..., 2] > 0)[:, None]  # (B, 1, M, J)
     similarity = torch.where(labelled, torch.exp(-squared / scale), 0.0).sum(dim=-1)
     count = labelled.sum(dim=-1)
-    return 1.0 - similarity / count.clamp(min=1)
+    return nan_where_nonfinite(1.0 - similarity / count.clamp(min=1), pred)
 
 
 def keypoint_l1_cost(pred_keypoints: Tensor, target_keypoints: Tensor) -> Tensor:
@@ -98,11 +121,16 @@ def keypoint_l1_cost(pred_keypoints: Tensor, target_keypoints: Tensor) -> Tensor
     a target with no labelled keypoint costs 0 against every prediction.
 
     Args:
-        pred_keypoints (Tensor[B, N, J, 2] or Tensor[B, N, 2 * J]): predicted ``(x, y)``.
-        target_keypoints (Tensor[B, M, J, 3] or Tensor[B, M, 3 * J]): target ``(x, y, v)``.
+        pred_keypoints (Tensor[B, N, J, 2] or Tensor[B, N, 2 * J]): predicted ``(x, y)``, finite.
+        target_keypoints (Tensor[B, M, J, 3] or Tensor[B, M, 3 * J]): target ``(x, y, v)``,
+            ``v`` finite and >= 0, ``x, y`` finite where ``v > 0``.
 
     Returns:
-        Tensor[B, N, M] float32, >= 0.
+        Tensor[B, N, M] float32, finite and >= 0; NaN in the rows of predictions holding
+        NaN or inf.
+
+    Raises:
+        ShapeError, InvalidTargetError: as :func:`oks_cost`.
 
     Example:
         >>> target = torch.tensor([[[[1.0, 1.0, 2.0], [5.0, 5.0, 1.0], [9.0, 9.0, 0.0]]]])
@@ -110,11 +138,17 @@ def keypoint_l1_cost(pred_keypoints: Tensor, target_keypoints: Tensor) -> Tensor
         >>> keypoint_l1_cost(pred, target)  # (0.5 + 1.0) / 2 labelled keypoints
         tensor([[[0.7500]]])
     """
-    pred, target = _check_keypoints("keypoint_l1_cost", pred_keypoints, target_keypoints)
+    pred, target = _check_keypoints("keypoint_l1_cost", pred_keypoints, target_keypoints, _FUNCTION_ARGS)
+    _check_target_values("keypoint_l1_cost", target_keypoints, target, None, _FUNCTION_ARGS, None)
+    return _keypoint_l1(pred, target)
+
+
+def _keypoint_l1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean L1 of checked ``(B, N, J, 2)`` and ``(B, M, J, 3)`` float32 keypoints."""
     diff = (pred[:, :, None, :, :2] - target[:, None, :, :, :2]).abs().sum(dim=-1)  # (B, N, M, J)
     labelled = (target[..., 2] > 0)[:, None]
     total = torch.where(labelled, diff, 0.0).sum(dim=-1)
-    return total / labelled.sum(dim=-1).clamp(min=1)
+    return nan_where_nonfinite(total / labelled.sum(dim=-1).clamp(min=1), pred)
 
 
 class OKSCost(Cost):
@@ -144,7 +178,7 @@ class OKSCost(Cost):
         target_key: str = "keypoints",
         area_key: str | None = "area",
     ) -> None:
-        self.sigmas = None if sigmas is None else tuple(float(s) for s in _sigmas("OKSCost", sigmas, None, "cpu"))
+        self.sigmas = None if sigmas is None else _sigmas("OKSCost", sigmas, None)
         self.key = key
         self.target_key = target_key
         self.area_key = area_key
@@ -153,18 +187,26 @@ class OKSCost(Cost):
 
     def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
         super().check(outputs, targets)
-        pred, target = _check_keypoints(
-            "OKSCost", read_output(outputs, self.key, self), read_target(targets, self.target_key, self)
-        )
-        _sigmas("OKSCost", self.sigmas, target.shape[2], "cpu")
+        raw = read_target(targets, self.target_key, self)
+        args = _KeypointArgs.of(self.key, self.target_key)
+        pred, target = _check_keypoints("OKSCost", read_output(outputs, self.key, self), raw, args)
+        area_name = f"each targets[b][{self.area_key!r}]" if self.area_key is not None else "the boxes' w * h"
+        area = self._area(targets)
+        _check_area("OKSCost", area, raw, area_name)
+        _sigmas("OKSCost", self.sigmas, target.shape[2])
+        area_arg = Arg.target("area", key=self.area_key) if self.area_key is not None else Arg.target("boxes' w * h")
+        _check_target_values("OKSCost", raw, target, area, args._replace(area=area_arg), valid_mask(targets, raw))
 
-    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+    def _area(self, targets: Any) -> Tensor:
         if self.area_key is None:
             boxes = read_target(targets, "boxes", self)
-            area = boxes[..., 2] * boxes[..., 3]
-        else:
-            area = read_target(targets, self.area_key, self)
-        return oks_cost(outputs[self.key], read_target(targets, self.target_key, self), area, self.sigmas)
+            return boxes[..., 2] * boxes[..., 3]
+        return read_target(targets, self.area_key, self)
+
+    def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        args = _KeypointArgs.of(self.key, self.target_key)
+        pred, target = _check_keypoints("OKSCost", outputs[self.key], read_target(targets, self.target_key, self), args)
+        return _oks(pred, target, self._area(targets), _sigmas("OKSCost", self.sigmas, target.shape[2]))
 
     def __repr__(self) -> str:
         parts = [f"sigmas={self.sigmas!r}"] if self.sigmas is not None else []
@@ -197,38 +239,117 @@ class KeypointL1Cost(Cost):
         self.output_keys = (key,)
         self.target_keys = (target_key,)
 
+    def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
+        super().check(outputs, targets)
+        raw = read_target(targets, self.target_key, self)
+        args = _KeypointArgs.of(self.key, self.target_key)
+        pred, target = _check_keypoints("KeypointL1Cost", read_output(outputs, self.key, self), raw, args)
+        _check_target_values("KeypointL1Cost", raw, target, None, args, valid_mask(targets, raw))
+
     def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
-        return keypoint_l1_cost(outputs[self.key], read_target(targets, self.target_key, self))
+        args = _KeypointArgs.of(self.key, self.target_key)
+        pred, target = _check_keypoints(
+            "KeypointL1Cost", outputs[self.key], read_target(targets, self.target_key, self), args
+        )
+        return _keypoint_l1(pred, target)
 
     def __repr__(self) -> str:
         parts = [key_repr(self.key, "pred_keypoints"), key_repr(self.target_key, "keypoints", "target_key")]
         return f"KeypointL1Cost({', '.join(p for p in parts if p)})"
 
 
-def _check_keypoints(function: str, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Reshape flat COCO layouts and return float32 ``(B, N, J, 2)`` and ``(B, M, J, 3)``."""
-    if target.ndim == 3 and target.shape[-1] % 3 == 0:
-        target = target.reshape(*target.shape[:2], -1, 3)
-    if target.ndim != 4 or target.shape[-1] != 3:
+class _KeypointArgs(NamedTuple):
+    """How messages name the inputs: the functions' arguments, or the dict entries a cost reads."""
+
+    pred: Arg
+    target: Arg
+    area: Arg
+
+    @classmethod
+    def of(cls, key: str, target_key: str) -> _KeypointArgs:
+        return cls(Arg.prediction(key, key=key), Arg.target(target_key, key=target_key), Arg.target("area", key="area"))
+
+
+_FUNCTION_ARGS = _KeypointArgs(Arg.prediction("pred_keypoints"), Arg.target("target_keypoints"), Arg.target("area"))
+
+
+def _check_keypoints(function: str, pred: Tensor, target: Tensor, args: _KeypointArgs) -> tuple[Tensor, Tensor]:
+    """The layouts of the module's contract as float32 ``(B, N, J, 2)`` and ``(B, M, J, 3)``.
+
+    Every message names the shapes as passed.
+    """
+    check_tensor(pred, str(args.pred), ndim=(3, 4), layout="(B, N, J, 2) or (B, N, 2 * J)", dtype="real", where=function)
+    check_tensor(target, str(args.target), ndim=(3, 4), layout="(B, M, J, 3) or (B, M, 3 * J)", dtype="real", where=function)
+    for tensor, arg, width, name in ((target, args.target, 3, "(M, J, 3)"), (pred, args.pred, 2, "(N, J, 2)")):
+        if tensor.ndim == 3 and tensor.shape[-1] == width:
+            raise ShapeError(
+                f"{function}: {arg} of shape {shape_of(tensor)} is ambiguous: one image's {name} "
+                f"without the batch dimension, or the flat layout of a single keypoint; pass the "
+                f"batched 4-D layout, e.g. {arg.name}[None] for one image"
+            )
+    if target.ndim == 3 and target.shape[-1] % 3:
         raise ShapeError(
-            f"{function}: target keypoints must have shape (B, M, J, 3) (x, y, visibility) or "
-            f"COCO's flat (B, M, 3 * J), got {shape_of(target)}"
+            f"{function}: {args.target} must have shape (B, M, J, 3) (x, y, visibility) or COCO's "
+            f"flat (B, M, 3 * J), got {shape_of(target)}"
         )
-    num_joints = target.shape[2]
-    if pred.ndim == 3 and pred.shape[-1] == 2 * num_joints:
-        pred = pred.reshape(*pred.shape[:2], num_joints, 2)
-    if pred.ndim != 4 or pred.shape[-1] not in (2, 3):
+    if target.ndim == 4 and target.shape[-1] != 3:
         raise ShapeError(
-            f"{function}: predicted keypoints must have shape (B, N, J, 2) or (B, N, 2 * J), got "
-            f"{shape_of(pred)}"
+            f"{function}: {args.target} must have shape (B, M, J, 3) (x, y, visibility), got {shape_of(target)}"
         )
-    if pred.shape[2] != num_joints:
+    num_joints = target.shape[-1] // 3 if target.ndim == 3 else target.shape[2]
+    pred_joints = pred.shape[-1] // 2 if pred.ndim == 3 else pred.shape[2]
+    if (pred.ndim == 3 and pred.shape[-1] % 2) or (pred.ndim == 4 and pred.shape[-1] not in (2, 3)):
         raise ShapeError(
-            f"{function}: predictions have J = {pred.shape[2]} keypoints but the targets have "
-            f"J = {num_joints}; both must use one keypoint layout"
+            f"{function}: {args.pred} must have shape (B, N, J, 2) or (B, N, 2 * J), got {shape_of(pred)}"
         )
-    check_same_batch(function, "predicted keypoints", pred, "target keypoints", target)
+    if pred_joints != num_joints:
+        raise ShapeError(
+            f"{function}: {args.pred} {shape_of(pred)} hold J = {pred_joints} keypoints but "
+            f"{args.target} {shape_of(target)} hold J = {num_joints}; both must use one keypoint layout"
+        )
+    check_same_batch(function, str(args.pred), pred, str(args.target), target)
+    # Explicit sizes: a flat tensor with no objects (M = 0) reshapes too.
+    target = target.reshape(target.shape[0], target.shape[1], num_joints, 3)
+    pred = pred.reshape(pred.shape[0], pred.shape[1], num_joints, pred.shape[-1] if pred.ndim == 4 else 2)
     return pred[..., :2].float(), target.float()
+
+
+def _check_area(function: str, area: object, target: Tensor, name: str) -> None:
+    want = tuple(target.shape[:2])
+    check_tensor(area, name, ndim=2, layout=f"(B, M) = {want}", dtype="real", where=function)
+    if tuple(area.shape) != want:  # type: ignore[union-attr]
+        raise ShapeError(
+            f"{function}: {name} must have shape (B, M) = {want} to match the target keypoints "
+            f"{shape_of(target)}, got {shape_of(area)}"  # type: ignore[arg-type]
+        )
+    if area.device != target.device:  # type: ignore[union-attr]
+        raise ShapeError(f"{function}: {name} is on {area.device} but the keypoints on {target.device}")  # type: ignore[union-attr]
+
+
+def _check_target_values(
+    function: str, raw: Tensor, target: Tensor, area: Tensor | None, args: _KeypointArgs, valid: Tensor | None
+) -> None:
+    """One scan of the targets' values (module contract); names entries in the layout passed."""
+    visibility = target[..., 2]
+    bad = torch.zeros_like(target, dtype=torch.bool)
+    bad[..., 2] = ~torch.isfinite(visibility) | (visibility < 0)
+    bad[..., :2] = ~torch.isfinite(target[..., :2]) & (visibility > 0)[..., None]
+    checks = [
+        ValueCheck(
+            raw, args.target, "(x, y, v) with v finite and >= 0 (0 = not labelled) and x, y finite where v > 0",
+            mask=bad.reshape(raw.shape), valid=valid,
+            fix="check the dataset and its augmentations (NaN from a division, a flip of unlabelled points)",
+        )
+    ]
+    if area is not None:
+        checks.append(
+            ValueCheck(
+                area, args.area, "finite and >= 0 (the object's area in the keypoints' units squared)",
+                minimum=0.0, valid=valid,
+                fix="a negative area usually comes from a box with x2 < x1, inf from float16 overflow",
+            )
+        )
+    check_values(*checks, where=function)
 
 
 def _squared_distances(pred: Tensor, target: Tensor) -> Tensor:
@@ -237,22 +358,18 @@ def _squared_distances(pred: Tensor, target: Tensor) -> Tensor:
     return diff.square().sum(dim=-1)
 
 
-def _sigmas(
-    owner: str, sigmas: Sequence[float] | Tensor | None, num_joints: int | None, device: Any
-) -> Tensor:
+def _sigmas(owner: str, sigmas: Sequence[float] | Tensor | None, num_joints: int | None) -> tuple[float, ...]:
     if sigmas is None:
         if num_joints is not None and num_joints != len(COCO_KEYPOINT_SIGMAS):
             raise ConfigurationError(
                 f"{owner}: the targets have J = {num_joints} keypoints but the default sigmas are "
                 f"COCO's 17; pass sigmas= with {num_joints} values (one per keypoint)"
             )
-        sigmas = COCO_KEYPOINT_SIGMAS
-    values = torch.as_tensor(sigmas, dtype=torch.float32, device=device).flatten()
-    if num_joints is not None and values.numel() != num_joints:
+        return COCO_KEYPOINT_SIGMAS
+    values = check_reals(sigmas, "sigmas", positive=True, where=owner, hint="one OKS constant per keypoint")
+    if num_joints is not None and len(values) != num_joints:
         raise ConfigurationError(
-            f"{owner}: sigmas has {values.numel()} values but the keypoints have J = {num_joints}; "
+            f"{owner}: sigmas has {len(values)} values but the keypoints have J = {num_joints}; "
             f"pass one sigma per keypoint"
         )
-    if not bool(torch.isfinite(values).all()) or bool((values <= 0).any()):
-        raise ConfigurationError(f"{owner}: sigmas must be finite and > 0, got {values.tolist()}")
     return values

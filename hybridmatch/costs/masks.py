@@ -20,6 +20,19 @@ binary masks), the formulas are Mask2Former's:
 * sigmoid cross-entropy: ``mean over points of BCE(logit, t)``, >= 0.
 
 Both are finite for empty target masks and for all-zero (or extreme) logits.
+
+The input contract, checked by every function and cost here:
+
+* layout: ``(B, N, H, W)`` floating logits and ``(B, M, H', W')`` target masks (bool,
+  integer or floating), the same B on one device, ``H, W >= 1`` for a tensor that holds
+  masks; points ``(B, P, 2)`` floating.
+* target values in [0, 1] (bool, or 0/1 integers, or soft floats): a value outside, such
+  as a uint8 mask stored as 0/255, raises :class:`~hybridmatch.errors.InvalidTargetError`
+  naming the image and target (the values read at the points are scanned: one device
+  sync per call).
+* points finite and in [0, 1] (a :class:`~hybridmatch.errors.ShapeError` otherwise).
+* logits: any finite values; a query whose logits are NaN or infinite at a point gets NaN
+  cost against every target (its row), which the solver refuses and the matcher names.
 """
 
 from __future__ import annotations
@@ -31,9 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
 from ..errors import ShapeError
-from ._base import Cost, Shared, check_same_batch, key_repr, read_output, read_target, shape_of
+from ..validation import (
+    Arg,
+    ValueCheck,
+    check_int,
+    check_same_batch,
+    check_tensor,
+    check_values,
+    nan_where_nonfinite,
+)
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 
 __all__ = [
     "DEFAULT_NUM_POINTS",
@@ -88,11 +109,16 @@ def point_sample(masks: Tensor, points: Tensor) -> Tensor:
     stay as they are).
 
     Args:
-        masks (Tensor[B, K, H, W]): any dtype (bool, uint8, float16, float32, ...).
-        points (Tensor[B, P, 2]): ``(x, y)`` in [0, 1].
+        masks (Tensor[B, K, H, W]): any real dtype (bool, uint8, float16, float32, ...);
+            ``H, W >= 1`` when ``K > 0``.
+        points (Tensor[B, P, 2]): ``(x, y)``, finite and in [0, 1].
 
     Returns:
         Tensor[B, K, P] float32.
+
+    Raises:
+        ShapeError: a shape, dtype or device outside that, or a point that is not finite
+            or not in [0, 1] (reads the points: one device sync).
 
     Example:
         >>> from hybridmatch.costs import point_sample
@@ -100,8 +126,15 @@ def point_sample(masks: Tensor, points: Tensor) -> Tensor:
         >>> point_sample(masks, torch.tensor([[[0.25, 0.25], [0.75, 0.75]]]))   # (B, P, 2) x, y in [0, 1]
         tensor([[[0., 3.]]])
     """
+    _check_points("point_sample", masks, points)
+    return _point_sample(masks, points)
+
+
+def _point_sample(masks: Tensor, points: Tensor) -> Tensor:
     batch, channels, height, width = masks.shape
     num_points = points.shape[1]
+    if channels == 0:
+        return torch.zeros(batch, 0, num_points, device=masks.device)
     x = (points[..., 0].float() * width - 0.5).clamp(0, width - 1)  # (B, P) pixel coordinates
     y = (points[..., 1].float() * height - 0.5).clamp(0, height - 1)
     x0, y0 = x.floor().long(), y.floor().long()
@@ -141,6 +174,10 @@ def mask_points(
     Returns:
         ``(Tensor[B, N, P] float32 logits, Tensor[B, M, P] float32 target values)``.
 
+    Raises:
+        ShapeError: inputs outside the module's contract (layout, points).
+        InvalidTargetError: a target value read at a point is outside [0, 1].
+
     Example:
         >>> from hybridmatch.costs import mask_points
         >>> pred, target = mask_points(torch.rand(2, 5, 16, 16), torch.rand(2, 3, 32, 32), num_points=100,
@@ -149,28 +186,53 @@ def mask_points(
         (torch.Size([2, 5, 100]), torch.Size([2, 3, 100]))
     """
     _check_masks("mask_points", pred_masks, target_masks)
+    if points is not None:
+        _check_points("mask_points", target_masks, points)
+    elif num_points is not None:
+        check_int(num_points, "num_points", minimum=1, where="mask_points", hint="or None for every pixel")
+    sampled = _sample(pred_masks, target_masks, num_points, points, generator)
+    _check_sampled_targets("mask_points", sampled[1], Arg.target("target_masks"), None)
+    return sampled
+
+
+def _sample(
+    pred_masks: Tensor,
+    target_masks: Tensor,
+    num_points: int | None,
+    points: Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`mask_points` on checked inputs."""
     batch = pred_masks.shape[0]
     if num_points is None and points is None:
+        size = tuple(target_masks.shape[-2:])
+        if size[0] * size[1] == 0:  # only when there are no target masks: nothing to read
+            return pred_masks.new_zeros(batch, pred_masks.shape[1], 0).float(), target_masks.flatten(2).float()
         logits = pred_masks
-        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]) and logits.shape[1] > 0:
-            logits = F.interpolate(logits.float(), size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
-        if tuple(logits.shape[-2:]) != tuple(target_masks.shape[-2:]):  # no predictions to resize
-            logits = logits.new_zeros(batch, 0, *target_masks.shape[-2:])
+        if tuple(logits.shape[-2:]) != size and logits.shape[1] > 0:
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        if tuple(logits.shape[-2:]) != size:  # no predictions to resize
+            logits = logits.new_zeros(batch, 0, *size)
         return logits.flatten(2).float(), target_masks.flatten(2).float()
     if points is None:
-        count = check_int(num_points, "num_points", minimum=1, where="mask_points", hint="or None for every pixel")
-        points = sample_points(batch, count, device=pred_masks.device, generator=generator)
-    elif points.ndim != 3 or points.shape[0] != batch or points.shape[2] != 2:
-        raise ShapeError(f"mask_points: points must have shape (B, P, 2) with B = {batch}, got {shape_of(points)}")
+        points = sample_points(batch, int(num_points), device=pred_masks.device, generator=generator)  # type: ignore[arg-type]
     points = points.to(pred_masks.device)
-    return point_sample(pred_masks, points), point_sample(target_masks, points)
+    return _point_sample(pred_masks, points), _point_sample(target_masks, points)
 
 
 def dice_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
     """Mask2Former's dice cost on sampled values: ``Tensor[B, N, P]`` logits, ``Tensor[B, M, P]`` targets.
 
+    Args:
+        pred_logits (Tensor[B, N, P]): floating logits at the points.
+        targets (Tensor[B, M, P]): target values at the same points, in [0, 1].
+
     Returns:
-        Tensor[B, N, M] float32 in [0, 1]: ``1 - (2 * p.t + 1) / (sum p + sum t + 1)``.
+        Tensor[B, N, M] float32 in [0, 1]: ``1 - (2 * p.t + 1) / (sum p + sum t + 1)``;
+        NaN in the rows of queries with a non-finite logit.
+
+    Raises:
+        ShapeError: the shapes do not fit. InvalidTargetError: a target value outside [0, 1].
 
     Example:
         >>> from hybridmatch.costs import dice_cost_on_points
@@ -179,18 +241,31 @@ def dice_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
         >>> dice_cost_on_points(pred, target).round(decimals=2)   # 1 - (2 * 0 + 1) / (1 + 1 + 1)
         tensor([[[0.0000, 0.6700]]])
     """
+    _check_sampled("dice_cost_on_points", pred_logits, targets)
+    return _dice(pred_logits, targets)
+
+
+def _dice(pred_logits: Tensor, targets: Tensor) -> Tensor:
     probs = pred_logits.float().sigmoid()
     targets = targets.float()
     numerator = 2 * torch.bmm(probs, targets.transpose(1, 2))
     denominator = probs.sum(-1)[:, :, None] + targets.sum(-1)[:, None, :]
-    return 1 - (numerator + 1) / (denominator + 1)
+    return nan_where_nonfinite(1 - (numerator + 1) / (denominator + 1), pred_logits)
 
 
 def bce_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
     """Mask2Former's sigmoid cross-entropy cost on sampled values, averaged over the ``P`` points.
 
+    Args:
+        pred_logits (Tensor[B, N, P]): floating logits at the points.
+        targets (Tensor[B, M, P]): target values at the same points, in [0, 1].
+
     Returns:
-        Tensor[B, N, M] float32, >= 0.
+        Tensor[B, N, M] float32, finite and >= 0; NaN in the rows of queries with a
+        non-finite logit.
+
+    Raises:
+        ShapeError: the shapes do not fit. InvalidTargetError: a target value outside [0, 1].
 
     Example:
         >>> from hybridmatch.costs import bce_cost_on_points
@@ -199,12 +274,17 @@ def bce_cost_on_points(pred_logits: Tensor, targets: Tensor) -> Tensor:
         >>> bce_cost_on_points(pred, target).round(decimals=3)   # mean BCE over the points
         tensor([[[ 0., 10.]]])
     """
+    _check_sampled("bce_cost_on_points", pred_logits, targets)
+    return _bce(pred_logits, targets)
+
+
+def _bce(pred_logits: Tensor, targets: Tensor) -> Tensor:
     logits = pred_logits.float()
     targets = targets.float()
     positive = F.softplus(-logits)  # BCE against 1
     negative = F.softplus(logits)  # BCE against 0
     total = torch.bmm(positive, targets.transpose(1, 2)) + torch.bmm(negative, (1 - targets).transpose(1, 2))
-    return total / max(logits.shape[-1], 1)
+    return nan_where_nonfinite(total / max(logits.shape[-1], 1), pred_logits)
 
 
 def mask_dice_cost(
@@ -228,7 +308,7 @@ def mask_dice_cost(
         >>> mask_dice_cost(pred, target, num_points=None)  # exact: 1 - 17/17 and 1 - 1/9
         tensor([[[0.0000, 0.8889]]])
     """
-    return dice_cost_on_points(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
+    return _dice(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
 
 
 def mask_bce_cost(
@@ -253,7 +333,7 @@ def mask_bce_cost(
         >>> cost.shape, bool(cost[0, 1, 1] < cost[0, 1, 0])
         (torch.Size([1, 2, 2]), True)
     """
-    return bce_cost_on_points(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
+    return _bce(*mask_points(pred_masks, target_masks, num_points, points=points, generator=generator))
 
 
 class _MaskCost(Cost):
@@ -278,9 +358,11 @@ class _MaskCost(Cost):
         # the first draws them (from its generator), the others reuse the samples.
         slot = ("mask_points", self.key, self.target_key, self.num_points)
         if slot not in shared:
-            shared[slot] = mask_points(
-                outputs[self.key], read_target(targets, self.target_key, self), self.num_points, generator=self._generator
-            )
+            target = read_target(targets, self.target_key, self)
+            sampled = _sample(outputs[self.key], target, self.num_points, None, self._generator)
+            arg = Arg.target(self.target_key, key=self.target_key)
+            _check_sampled_targets(type(self).__name__, sampled[1], arg, valid_mask(targets, target))
+            shared[slot] = sampled
         return shared[slot]  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -323,7 +405,7 @@ class MaskDiceCost(_MaskCost):
         super().__init__(num_points, seed, key, target_key)
 
     def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
-        return dice_cost_on_points(*self._points(outputs, targets, shared))
+        return _dice(*self._points(outputs, targets, shared))
 
 
 class MaskBCECost(_MaskCost):
@@ -351,19 +433,58 @@ class MaskBCECost(_MaskCost):
         super().__init__(num_points, seed, key, target_key)
 
     def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
-        return bce_cost_on_points(*self._points(outputs, targets, shared))
+        return _bce(*self._points(outputs, targets, shared))
 
 
 def _check_masks(function: str, pred: Tensor, target: Tensor) -> None:
-    if pred.ndim != 4:
-        raise ShapeError(f"{function}: predicted masks must have shape (B, N, H, W) logits, got {shape_of(pred)}")
-    if not pred.is_floating_point():
-        raise ShapeError(f"{function}: predicted masks must be floating logits, got {pred.dtype}")
-    if target.ndim != 4:
-        raise ShapeError(
-            f"{function}: target masks must have shape (B, M, H, W) once padded ((M, H, W) per image), "
-            f"got {shape_of(target)}"
-        )
-    if target.is_complex():
-        raise ShapeError(f"{function}: target masks must be bool, integer or float, got {target.dtype}")
+    check_tensor(pred, "predicted masks", ndim=4, layout="(B, N, H, W) logits", dtype="floating", where=function)
+    check_tensor(
+        target, "target masks", ndim=4, layout="(B, M, H, W) once padded ((M, H, W) per image)",
+        dtype="real", where=function,
+    )
     check_same_batch(function, "predicted masks", pred, "target masks", target)
+    _check_not_empty(function, "predicted masks", pred)
+    _check_not_empty(function, "target masks", target)
+
+
+def _check_not_empty(function: str, name: str, masks: Tensor) -> None:
+    if masks.shape[1] > 0 and masks.shape[2] * masks.shape[3] == 0:
+        raise ShapeError(
+            f"{function}: {name} of shape {shape_of(masks)} have no pixels (H or W is 0); give "
+            "every mask at least one pixel"
+        )
+
+
+def _check_points(function: str, masks: Tensor, points: Tensor) -> None:
+    """Metadata of ``masks (B, K, H, W)`` and ``points (B, P, 2)``, and the points' values."""
+    check_tensor(masks, "masks", ndim=4, layout="(B, K, H, W)", dtype="real", where=function)
+    check_tensor(points, "points", ndim=3, last=2, layout="(B, P, 2)", dtype="floating", where=function)
+    check_same_batch(function, "masks", masks, "points", points)
+    _check_not_empty(function, "masks", masks)
+    check_values(
+        ValueCheck(points, Arg("points"), "finite (x, y) in [0, 1]", minimum=0.0, maximum=1.0),
+        where=function,
+    )
+
+
+def _check_sampled(function: str, pred_logits: Tensor, targets: Tensor) -> None:
+    check_tensor(pred_logits, "pred_logits", ndim=3, layout="(B, N, P)", dtype="floating", where=function)
+    check_tensor(targets, "targets", ndim=3, layout="(B, M, P)", dtype="real", where=function)
+    check_same_batch(function, "pred_logits", pred_logits, "targets", targets)
+    if pred_logits.shape[2] != targets.shape[2]:
+        raise ShapeError(
+            f"{function}: pred_logits {shape_of(pred_logits)} and targets {shape_of(targets)} hold "
+            "different numbers of points P; read both at the same points (mask_points)"
+        )
+    _check_sampled_targets(function, targets, Arg.target("targets"), None)
+
+
+def _check_sampled_targets(function: str, values: Tensor, arg: Arg, valid: Tensor | None) -> None:
+    """Target values read at the points must be in [0, 1]; names the image and target."""
+    check_values(
+        ValueCheck(
+            values, arg, "in [0, 1] (bool, 0/1 integers or soft floats)", minimum=0.0, maximum=1.0,
+            valid=valid, index_dims=2, fix="a uint8 mask stored as 0/255 needs masks > 0 (or / 255)",
+        ),
+        where=function,
+    )

@@ -11,7 +11,6 @@ column, so the assigner can name it (``IoU`` alone would hide a NaN box as 0 ove
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +18,10 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, pairwise_iou
-from ..errors import ConfigurationError
-from ._base import Cost, Shared, is_finite_real, key_repr, read_output, read_target, valid_mask
+from ..errors import InvalidPredictionError, InvalidTargetError, ShapeError
+from ..validation import check_probability, check_tensor, nan_where_nonfinite
+from .boxes import _check_box_inputs
+from ._base import Cost, Shared, key_repr, read_output, read_target, shape_of, valid_mask
 from .classes import check_label_range
 
 __all__ = ["IoUQuality", "ClassIoUQuality"]
@@ -46,12 +47,15 @@ class IoUQuality(Cost):
         self.key = key
         self.output_keys = (key,)
 
+    def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
+        super().check(outputs, targets)
+        _check_box_inputs(type(self).__name__, read_output(outputs, self.key, self), read_target(targets, "boxes", self))
+
     def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
         pred = outputs[self.key].float()
         target = read_target(targets, "boxes", self).to(pred.device).float()
         iou = pairwise_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
-        broken = ~torch.isfinite(pred).all(dim=-1)[:, :, None] | ~torch.isfinite(target).all(dim=-1)[:, None, :]
-        return torch.where(broken, math.nan, iou)
+        return nan_where_nonfinite(iou, pred, target)
 
     def __repr__(self) -> str:
         return f"IoUQuality({key_repr(self.key, 'pred_boxes')})"
@@ -80,16 +84,28 @@ class ClassIoUQuality(IoUQuality):
 
     def __init__(self, alpha: float = 0.5, *, key: str = "pred_boxes", logits_key: str = "pred_logits") -> None:
         super().__init__(key=key)
-        if not is_finite_real(alpha) or not 0.0 <= alpha <= 1.0:
-            raise ConfigurationError(f"ClassIoUQuality: alpha must be a number in [0, 1], got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_probability(alpha, "alpha", where="ClassIoUQuality")
         self.logits_key = logits_key
         self.output_keys = (key, logits_key)
 
     def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
         super().check(outputs, targets)
         logits = read_output(outputs, self.logits_key, self)
+        check_tensor(
+            logits, f"outputs[{self.logits_key!r}]", ndim=3, layout="(B, N, C)", dtype="floating",
+            where=type(self).__name__, error=InvalidPredictionError,
+        )
         labels = read_target(targets, "labels", self)
+        check_tensor(
+            labels, "each targets[b]['labels']", ndim=2, layout="(B, M) once padded", dtype="integer",
+            where=type(self).__name__, error=InvalidTargetError,
+        )
+        boxes = read_target(targets, "boxes", self)
+        if labels.shape != boxes.shape[:2] or logits.shape[:2] != read_output(outputs, self.key, self).shape[:2]:
+            raise ShapeError(
+                f"{type(self).__name__}: labels {shape_of(labels)} must be (B, M) of boxes {shape_of(boxes)}, and "
+                f"outputs[{self.logits_key!r}] {shape_of(logits)} (B, N, C) of outputs[{self.key!r}]"
+            )
         num_classes = logits.shape[-1]
         layout = f"{num_classes} focal logits = {num_classes} classes"
         check_label_range(type(self).__name__, labels, valid_mask(targets, labels), num_classes, layout)
@@ -100,7 +116,7 @@ class ClassIoUQuality(IoUQuality):
         labels = read_target(targets, "labels", self).to(logits.device).clamp(0, logits.shape[-1] - 1)
         index = labels[:, None, :].expand(-1, logits.shape[1], -1)
         prob = logits.float().sigmoid().gather(2, index)
-        return prob.pow(self.alpha) * iou.pow(1.0 - self.alpha)
+        return nan_where_nonfinite(prob.pow(self.alpha) * iou.pow(1.0 - self.alpha), logits)
 
     def __repr__(self) -> str:
         parts = [f"alpha={self.alpha!r}", key_repr(self.key, "pred_boxes"), key_repr(self.logits_key, "pred_logits", "logits_key")]

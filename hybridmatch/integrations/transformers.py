@@ -61,8 +61,8 @@ from ..errors import ConfigurationError, InvalidTargetError
 from ..matchers import HungarianMatcher, Matches, OneToManyMatcher
 from ..matchers._one2many import CopiesFromCapacity, override_matcher
 from ..schemes import HybridBranch, HybridEpoch, HybridLayer
-from ..solvers._validate import NanPolicy
 from ..targets import repeat_targets
+from ..validation import NanPolicy
 
 __all__ = ["HybridLoss", "install_hybrid_loss"]
 

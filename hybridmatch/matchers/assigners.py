@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .._checks import check_int
 from .._warnings import warn_once
-from ..errors import ConfigurationError, InvalidCostError, ShapeError
-from ..solvers import BACKEND_NAMES, batched_linear_sum_assignment
-from ..solvers._validate import NanPolicy, check_capacity, check_nan_policy
+from ..errors import InvalidCostError, ShapeError
+from ..solvers import BACKEND_NAMES, CAPACITY_HINT, batched_linear_sum_assignment
+from ..validation import NanPolicy, check_choice, check_int, check_nan_policy, check_probability
 
 __all__ = ["Assigner", "Hungarian", "Groups", "TopK", "topk_assignment"]
 
@@ -84,8 +82,8 @@ class Hungarian(Assigner):
     """
 
     def __init__(self, capacity: int = 1, *, backend: str = "auto", nan_policy: NanPolicy = "raise") -> None:
-        self.capacity = check_capacity(capacity)
-        self.backend = _check_backend(backend)
+        self.capacity = check_int(capacity, "capacity", minimum=1, where="Hungarian", hint=CAPACITY_HINT)
+        self.backend: str = check_choice(backend, "backend", BACKEND_NAMES)  # type: ignore[assignment]
         self.nan_policy = check_nan_policy(nan_policy)
 
     @property
@@ -93,6 +91,14 @@ class Hungarian(Assigner):
         return self.capacity
 
     def __call__(self, cost: Tensor, num_targets: Sequence[int]) -> Tensor:
+        num_queries = cost.shape[-2] if isinstance(cost, Tensor) and cost.ndim >= 2 else None
+        if num_queries is not None and 0 < num_queries < self.capacity:
+            warn_once(
+                "hungarian_capacity_capped",
+                f"Hungarian: capacity={self.capacity} is more than the {num_queries} queries of a "
+                f"problem, so it is capped at {num_queries}: a target can take at most every query "
+                "(said once)",
+            )
         return batched_linear_sum_assignment(
             cost, list(num_targets), capacity=self.capacity, backend=self.backend, nan_policy=self.nan_policy
         )
@@ -179,7 +185,7 @@ class TopK(Assigner):
 
     def __init__(self, k: int = 4, threshold: float = 0.0, *, nan_policy: NanPolicy = "raise") -> None:
         self.k = check_int(k, "k", minimum=1, where="TopK")
-        self.threshold = check_unit("TopK", "threshold", threshold)
+        self.threshold = check_probability(threshold, "threshold", where="TopK")
         self.nan_policy = check_nan_policy(nan_policy)
 
     @property
@@ -235,7 +241,7 @@ def topk_assignment(
         tensor([[0, 0, 1]])
     """
     k = check_int(k, "k", minimum=1, where="topk_assignment")
-    threshold = check_unit("topk_assignment", "threshold", threshold)
+    threshold = check_probability(threshold, "threshold", where="topk_assignment")
     if not isinstance(quality, Tensor) or quality.ndim != 3 or not quality.is_floating_point():
         got = f"{tuple(quality.shape)} {quality.dtype}" if isinstance(quality, Tensor) else type(quality).__name__
         raise ShapeError(f"topk_assignment: quality must be a floating (B, N, M) tensor, got {got}")
@@ -262,16 +268,3 @@ def topk_assignment(
     # argmax returns the first maximum: ties go to the lower target index.
     best = torch.where(chosen, quality, -math.inf).argmax(dim=2)
     return torch.where(chosen.any(dim=2), best, -1)
-
-
-def check_unit(owner: str, name: str, value: object) -> float:
-    """``value`` as a float in [0, 1]; numpy scalars are numbers too."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigurationError(f"{owner}: {name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_backend(backend: object) -> str:
-    if backend not in BACKEND_NAMES:
-        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
-    return backend  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..solvers import assignment_to_pairs
 from ..targets import PaddedTargets, pad_targets, repeated_index
+from ..validation import check_tensor
 from .assigners import Assigner
 
 __all__ = ["Matcher", "Matches", "assignment_to_repeated"]
@@ -93,6 +94,10 @@ class Matcher(torch.nn.Module):
     def match(self, outputs: Mapping[str, Tensor], targets: Targets | PaddedTargets) -> Tensor:
         """The batched form: ``Tensor[B, N]`` int64 on the predictions' device, the target of each query or -1."""
         padded = self.pad(outputs, targets)
+        if padded.batch_size == 0:  # no images: the targets carry no keys for the cost to read
+            num_queries = _check_outputs(outputs, self.cost.output_keys, 0)
+            device = _device_of(outputs, self.cost.output_keys)
+            return torch.empty((0, num_queries or 0), dtype=torch.int64, device=device)
         cost = self.cost_matrix(outputs, padded)
         try:
             return self.assigner(cost, padded.num_targets_list)
@@ -219,12 +224,15 @@ def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tens
 
 
 def _device_of(outputs: Mapping[str, Tensor], keys: Sequence[str]) -> torch.device | None:
+    """The device of the first output the cost reads; outputs on the meta device raise."""
+    device = None
     if isinstance(outputs, Mapping):
         for key in keys:
             value = outputs.get(key)
             if isinstance(value, Tensor):
-                return value.device
-    return None
+                check_tensor(value, f"outputs[{key!r}]", error=InvalidPredictionError)  # not meta
+                device = value.device if device is None else device
+    return device
 
 
 def _check_outputs(outputs: Mapping[str, Tensor], keys: Sequence[str], batch_size: int) -> int | None:

@@ -10,19 +10,16 @@ Each is a :class:`Matcher` with a preset cost and assigner; none adds behaviour:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from torch import Tensor
 
-from .._checks import check_int
 from .._warnings import warn_once
 from ..costs import ClassIoUQuality, Cost, CostSum, FocalClassCost, GIoUCost, IoUQuality, L1BoxCost, SoftmaxClassCost
 from ..errors import ConfigurationError
-from ..solvers._validate import NanPolicy
-from .assigners import Groups, Hungarian, TopK, check_unit
+from ..validation import NanPolicy, check_choice, check_probability, check_real, context
+from .assigners import Groups, Hungarian, TopK
 from .matcher import Matcher
 
 __all__ = ["detr_cost", "HungarianMatcher", "OneToManyMatcher", "GroupMatcher", "TopKMatcher"]
@@ -66,12 +63,11 @@ def detr_cost(
         >>> [(weight, type(term).__name__) for weight, term in cost.terms]
         [(1.0, 'SoftmaxClassCost'), (5.0, 'L1BoxCost'), (2.0, 'GIoUCost')]
     """
-    if class_cost is not None and class_cost not in ("focal", "softmax"):
-        raise ConfigurationError(f"class_cost must be 'focal' or 'softmax', got {class_cost!r}")
+    if class_cost is not None:
+        check_choice(class_cost, "class_cost", ("focal", "softmax"))
     weights = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
     for name, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise ConfigurationError(f"{name} must be a finite number, got {weight!r}")
+        check_real(weight, name)
     if class_cost is None:
         class_cost = "focal"
         if cost_class not in (0.0, 2.0):  # 0: no class term to get wrong
@@ -230,9 +226,8 @@ class OneToManyMatcher(HungarianMatcher):
     def __init__(self, k: int = 6, **settings: Any) -> None:
         if "capacity" in settings:
             raise ConfigurationError("OneToManyMatcher takes k (the queries per target), not capacity")
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 1:
-            raise ConfigurationError(f"OneToManyMatcher: k must be an int >= 1, got {k!r} ({type(k).__name__})")
-        super().__init__(capacity=int(k), **settings)
+        with context(f"OneToManyMatcher(k={k!r})", inner=["Hungarian"]):
+            super().__init__(capacity=k, **settings)
 
     @property
     def k(self) -> int:
@@ -275,9 +270,9 @@ class GroupMatcher(Matcher):
                 f"GroupMatcher: matcher must be a HungarianMatcher (or OneToManyMatcher), got "
                 f"{type(matcher).__name__}; its cost is split by group and solved in one batch"
             )
-        check_int(num_groups, "num_groups", minimum=1, where="GroupMatcher", hint="Group DETR uses 11")
         hungarian = matcher.assigner
-        groups = Groups(num_groups, hungarian.capacity, backend=hungarian.backend, nan_policy=hungarian.nan_policy)
+        with context("GroupMatcher", inner=["Groups", "Hungarian"]):
+            groups = Groups(num_groups, hungarian.capacity, backend=hungarian.backend, nan_policy=hungarian.nan_policy)
         super().__init__(matcher.cost, groups)
 
     @property
@@ -331,15 +326,15 @@ class TopKMatcher(Matcher):
         alpha: float = 0.5,
         nan_policy: NanPolicy = "raise",
     ) -> None:
-        if quality not in ("iou", "iou_class"):
-            raise ConfigurationError(f"TopKMatcher: quality must be 'iou' or 'iou_class', got {quality!r}")
-        check_int(k, "k", minimum=1, where="TopKMatcher")
-        check_unit("TopKMatcher", "threshold", threshold)
-        alpha = check_unit("TopKMatcher", "alpha", alpha)
-        score: Cost = IoUQuality() if quality == "iou" else ClassIoUQuality(alpha)
-        super().__init__(score, TopK(k, threshold, nan_policy=nan_policy))
+        with context("TopKMatcher", inner=["TopK", "ClassIoUQuality"]):
+            check_choice(quality, "quality", ("iou", "iou_class"))
+            assigner = TopK(k, threshold, nan_policy=nan_policy)
+            score: Cost = ClassIoUQuality(alpha) if quality == "iou_class" else IoUQuality()
+            # alpha is ClassIoUQuality's setting (checked there); with "iou" nothing else reads it.
+            checked_alpha = score.alpha if isinstance(score, ClassIoUQuality) else check_probability(alpha, "alpha")
+        super().__init__(score, assigner)
         self.quality = quality
-        self.alpha = alpha
+        self.alpha = checked_alpha
 
     @property
     def k(self) -> int:

@@ -15,6 +15,11 @@ The contract, the same for every backend:
 - ``min(N, M * capacity)`` pairs are assigned; with ``M = 0`` every query gets -1.
 - ``capacity=K`` lets each target take up to K queries (H-DETR's repeated
   ground truth): the optimum equals matching against K copies of each target.
+- Every backend solves in float64. A float64 cost beyond ``2**500`` in magnitude
+  is first scaled by a power of two (exact), so the solvers' sums cannot overflow;
+  an int64 cost beyond what float64 holds exactly is first reduced by its row (or
+  column) minima, in int64, and solved exactly, or, when still too large, solved
+  with one warning.
 - Results are deterministic. Ties are broken by the backend's rule; the total
   cost is optimal for every backend, the indices may differ between backends
   when several assignments are optimal.
@@ -22,6 +27,7 @@ The contract, the same for every backend:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, Union, overload
 
@@ -32,22 +38,19 @@ from .._warnings import warn_once
 from ..targets import split_repeated_index
 from ..errors import (
     BackendUnavailableError,
-    ConfigurationError,
     HybridMatchError,
     InfeasibleError,
     InvalidCostError,
     ShapeError,
 )
+from ..validation import NanPolicy, check_bool, check_choice, check_int, check_nan_policy, check_tensor, with_context
 from . import _native
-from ._backends import BACKENDS, INSTALL_HINT, _Infeasible
+from ._backends import BACKENDS, INSTALL_HINT, SAFE_MAGNITUDE, _Infeasible
 from ._validate import (
     ArrayLike,
-    NanPolicy,
     as_scipy_matrix,
-    check_capacity,
     check_dtype,
-    check_maximize,
-    check_nan_policy,
+    check_large_integers,
     check_num_targets,
     raise_infeasible,
     sanitise,
@@ -68,6 +71,7 @@ NATIVE = ("cuda", "native")
 #: Every name ``backend=`` accepts (whether it can run here: :func:`available_backends`).
 BACKEND_NAMES = ("auto", *NATIVE, *BACKENDS)
 NumTargets = Union[Sequence[int], torch.Tensor, np.ndarray, None]
+CAPACITY_HINT = "1 is one-to-one matching, K lets a target take K queries"
 
 
 def available_backends() -> list[str]:
@@ -117,8 +121,7 @@ def _resolve_backend(backend: str, on_cuda: bool) -> str:
                 "move it with cost.cuda(), or use backend='native'"
             )
         return backend
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
+    check_choice(backend, "backend", BACKEND_NAMES)
     if not BACKENDS[backend][1]():
         raise BackendUnavailableError(
             f"backend {backend!r} is not installed here: {INSTALL_HINT[backend]}, "
@@ -135,10 +138,6 @@ def _describe(cost: ArrayLike, backend: str) -> str:
     else:
         kind = type(cost).__name__
     return f"cost {kind}, backend {backend!r}"
-
-
-def _with_context(error: HybridMatchError, context: str) -> HybridMatchError:
-    return type(error)(f"{error} [{context}]")
 
 
 def _solve_all(
@@ -169,6 +168,20 @@ def _solve_all(
     return result
 
 
+def _scaled_down(cost: torch.Tensor) -> torch.Tensor:
+    """A float64 ``cost`` times a power of two (exact), so no finite entry exceeds SAFE_MAGNITUDE.
+
+    Only float64 can hold costs whose sums overflow the solver's float64 duals; reading the
+    peak is one pass over the cost (a device sync for a float64 cost on a GPU).
+    """
+    if cost.dtype != torch.float64 or cost.numel() == 0:
+        return cost
+    peak = float(torch.where(torch.isfinite(cost), cost.abs(), 0.0).max())
+    if peak <= SAFE_MAGNITUDE:
+        return cost
+    return cost * 2.0 ** -math.ceil(math.log2(peak / SAFE_MAGNITUDE))
+
+
 def _solve_native(
     cost: torch.Tensor,
     num_targets: list[int],
@@ -188,6 +201,7 @@ def _solve_native(
         cost = cost.double()
     if backend == "native":
         cost = cost.detach().cpu()
+    cost = _scaled_down(cost)
     assignment, status = _native.solve_batch(cost, num_targets, capacity, maximize, backend)
     for b in torch.nonzero(status[:, 0] != _native.OK).flatten().tolist():
         m = num_targets[b]
@@ -254,13 +268,18 @@ def batched_linear_sum_assignment(
     """
     name = backend
     try:
-        capacity = check_capacity(capacity)
+        capacity = check_int(capacity, "capacity", minimum=1, hint=CAPACITY_HINT)
         nan_policy = check_nan_policy(nan_policy)
-        maximize = check_maximize(maximize)
+        maximize = check_bool(maximize, "maximize")
         if not isinstance(cost, (torch.Tensor, np.ndarray)):
             raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
         if isinstance(cost, np.ndarray):
             cost = np.asarray(cost)  # a np.matrix cannot be indexed as a batch
+        else:
+            check_tensor(cost, "cost")  # refuses the meta device
+            # A lazily negated or conjugated view (x.conj().imag, torch._neg_view) has no
+            # numpy form; materialise it once here.
+            cost = cost.resolve_neg().resolve_conj()
         check_dtype(cost)
         if cost.ndim not in (2, 3):
             shape = tuple(cost.shape)
@@ -275,6 +294,7 @@ def batched_linear_sum_assignment(
         name = _resolve_backend(backend, on_cuda)
         problems = cost if batched else cost[None]
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
+        problems = check_large_integers(problems, counts, capacity)
         # A target can never take more than all N queries: a larger K changes nothing.
         capacity = min(capacity, max(problems.shape[1], 1))
         if name in NATIVE:
@@ -298,7 +318,7 @@ def batched_linear_sum_assignment(
                 host = problems
             result = _solve_all(host, counts, capacity, maximize, nan_policy, name, batched)
     except HybridMatchError as error:
-        raise _with_context(error, _describe(cost, name)) from None
+        raise with_context(error, _describe(cost, name)) from None
     if not batched:
         result = result[0]
     if isinstance(cost, torch.Tensor):
@@ -344,7 +364,7 @@ def linear_sum_assignment(
         >>> row.tolist(), col.tolist()
         ([0, 1, 2], [1, 0, 2])
     """
-    maximize = check_maximize(maximize)
+    maximize = check_bool(maximize, "maximize")
     matrix = as_scipy_matrix(cost)
     try:
         columns = batched_linear_sum_assignment(matrix, maximize=maximize, backend=backend, nan_policy=nan_policy)

@@ -27,12 +27,20 @@ def _unassigned(n: int) -> np.ndarray:
     return np.full(n, -1, dtype=np.int64)
 
 
+#: The largest cost magnitude handed to scipy and the native core: their duals and path
+#: lengths add and subtract costs, which overflow to inf near float64's limit (1.8e308)
+#: and lose the optimum; a power-of-two scale into this range is exact (see
+#: :func:`_scaled_down`).
+SAFE_MAGNITUDE = 2.0**500
+
+
 def solve_scipy(cost: np.ndarray) -> np.ndarray:
+    """scipy's ``linear_sum_assignment``, on costs scaled (exactly) into ``[-SAFE_MAGNITUDE, SAFE_MAGNITUDE]``."""
     from scipy.optimize import linear_sum_assignment as scipy_lsa
 
     columns = _unassigned(cost.shape[0])
     try:
-        rows, cols = scipy_lsa(cost)
+        rows, cols = scipy_lsa(_scaled_down(cost, SAFE_MAGNITUDE))
     except ValueError as error:
         if "infeasible" in str(error):
             raise _Infeasible from None

@@ -1,37 +1,25 @@
-"""Input checks shared by every solver backend.
+"""The solver-specific input checks, shared by every solver backend.
 
 Every backend's input passes through these checks, or, for the native backends,
 every problem the native core flags does: so every backend raises the same errors.
+The generic argument checks (ints, bools, names, ``nan_policy``) are
+:mod:`hybridmatch.validation`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Union
 
 import numpy as np
 import torch
 
-from .._checks import check_int
 from .._warnings import warn_once
+from ..errors import CostDtypeError, InfeasibleError, InvalidCostError, ShapeError
+from ..validation import NanPolicy
 from ._backends import dominating_cost
-from ..errors import CostDtypeError, ConfigurationError, InfeasibleError, InvalidCostError, ShapeError
 
-NanPolicy = Literal["raise", "worst"]
-NAN_POLICIES = ("raise", "worst")
 ArrayLike = Union[torch.Tensor, np.ndarray]
-
-
-
-def check_capacity(capacity: object) -> int:
-    """The number of queries one target may take: an int >= 1."""
-    return check_int(capacity, "capacity", minimum=1, hint="1 is one-to-one matching, K lets a target take K queries")
-
-
-def check_nan_policy(nan_policy: object) -> NanPolicy:
-    if nan_policy not in NAN_POLICIES:
-        raise ConfigurationError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-    return nan_policy  # type: ignore[return-value]
 
 
 def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
@@ -39,19 +27,6 @@ def _cannot_cast(dtype: object, name: str) -> CostDtypeError:
         f"Cannot cast array data from {dtype} to dtype('float64'): {name} must hold real numbers "
         "(integer or floating), convert it first, e.g. cost.astype(np.float64)"
     )
-
-
-def check_maximize(maximize: object) -> bool:
-    """``maximize`` as a bool; only ``True``/``False`` (Python or numpy) are accepted.
-
-    A string such as ``"False"`` is truthy, so accepting any object would silently
-    maximise; it raises instead.
-    """
-    if not isinstance(maximize, (bool, np.bool_)):
-        raise ConfigurationError(
-            f"maximize must be a bool (True or False), got {maximize!r} ({type(maximize).__name__})"
-        )
-    return bool(maximize)
 
 
 def check_dtype(cost: ArrayLike, name: str = "cost") -> None:
@@ -118,6 +93,66 @@ def to_host_float64(cost: ArrayLike, name: str = "cost") -> np.ndarray:
     if isinstance(cost, torch.Tensor):
         return cost.detach().to("cpu", torch.float64).numpy()
     return np.asarray(cost, dtype=np.float64)
+
+
+#: float64 holds every integer up to this magnitude exactly.
+EXACT_FLOAT64_INTEGER = 2**53
+
+
+def check_large_integers(problems: ArrayLike, num_targets: list[int], capacity: int) -> ArrayLike:
+    """An int64 cost that float64 cannot solve exactly, reduced so that it can, or warned about.
+
+    Every backend solves in float64. Integers up to 2**53 are exact there, but an
+    assignment's total and the solver's duals add up to N entries, so an integer cost is
+    exact only while ``(N + 1) * max|cost|`` stays within 2**53. A larger int64 cost is
+    first reduced exactly, in int64: each problem's row minima are subtracted when every
+    query is assigned (``N <= M * capacity``), else its column minima (every target slot
+    is filled); either changes every assignment's total by the same constant, so the
+    optimum is kept. When the reduced cost is still too large, it is solved as it is with
+    one warning. Other dtypes are returned unchanged without reading their values (an
+    int64 cost is read: a device sync on a GPU).
+    """
+    is_tensor = isinstance(problems, torch.Tensor)
+    wide = (torch.int64, torch.uint64) if is_tensor else (np.dtype(np.int64), np.dtype(np.uint64))
+    if problems.dtype not in wide or min(problems.shape) == 0:
+        return problems
+    work = problems if is_tensor else torch.from_numpy(np.ascontiguousarray(problems))
+    batch, num_queries, width = work.shape
+    real = torch.arange(width, device=work.device)[None, :] < torch.as_tensor(num_targets, device=work.device)[:, None]
+    real = real[:, None, :].expand(batch, num_queries, width)
+    if _exact_in_float64(work, real) or work.dtype != torch.int64:
+        if not _exact_in_float64(work, real):
+            _warn_large_integers(work, real)
+        return problems
+    rows_first = torch.tensor([num_queries <= m * capacity for m in num_targets], device=work.device)
+    high = torch.iinfo(torch.int64).max
+    row_min = torch.where(real, work, high).amin(dim=2, keepdim=True)  # (B, N, 1)
+    column_min = torch.where(real, work, high).amin(dim=1, keepdim=True)  # (B, 1, M)
+    shift = torch.where(rows_first[:, None, None], row_min, column_min)
+    spread = torch.where(real, work.double() - shift.double(), 0.0).abs().max()
+    if float(spread) >= 2.0**62:  # the subtraction itself would overflow int64
+        _warn_large_integers(work, real)
+        return problems
+    reduced = torch.where(real, work - shift, 0)
+    if not _exact_in_float64(reduced, real):
+        _warn_large_integers(work, real)
+        return problems
+    return reduced if is_tensor else reduced.numpy()
+
+
+def _exact_in_float64(cost: torch.Tensor, real: torch.Tensor) -> bool:
+    peak = float(torch.where(real, cost.double().abs(), 0.0).max())
+    return peak * (cost.shape[1] + 1) <= EXACT_FLOAT64_INTEGER
+
+
+def _warn_large_integers(cost: torch.Tensor, real: torch.Tensor) -> None:
+    peak = float(torch.where(real, cost.double().abs(), 0.0).max())
+    warn_once(
+        "large_integer_cost",
+        f"the {cost.dtype} cost holds integers up to {peak:.3g} in magnitude, too far apart to "
+        "reduce below 2**53: every backend solves in float64, where sums of such integers round, "
+        "so the assignment may miss the exact optimum by the rounding (said once)",
+    )
 
 
 def check_num_targets(num_targets: object, batch: int, width: int) -> list[int]:
