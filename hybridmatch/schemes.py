@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
