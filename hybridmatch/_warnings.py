@@ -6,20 +6,23 @@ import os
 import sys
 import warnings
 
+import torch
+
 from .errors import HybridMatchWarning
 
 _seen: set[str] = set()
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# torch.nn.Module.__call__ stands between a user's call and a module's forward.
-_MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")
+# torch stands between a user's call and hybridmatch: Module.__call__, no_grad's
+# decorator, the dispatcher calling the solver's custom op.
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 def _caller_stacklevel() -> int:
-    """The stacklevel of the first frame outside hybridmatch, so warnings point at user code."""
+    """The stacklevel of the first frame outside hybridmatch and torch, so warnings point at user code."""
     level, frame = 1, sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
-        if not (filename.startswith(_PACKAGE) or filename.endswith(_MODULE_CALL)):
+        if not (filename.startswith(_PACKAGE) or filename.startswith(_TORCH)):
             break
         frame = frame.f_back
         level += 1
