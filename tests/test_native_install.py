@@ -253,11 +253,12 @@ def test_cuda_solver_builds_when_requested_and_is_skipped_otherwise(tmp_path: Pa
 
     assert [int(x) for x in done.stdout.split()] == [*expected(300, 30, 1), *expected(1500, 100, 6)]
     # Not requested: skipped, said in one line of the build log.
-    log = subprocess.run(
+    plain = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-v", "-w",
          str(tmp_path / "plain"), "-C", f"build-dir={tmp_path / 'plain' / 'build'}"],
         env={k: v for k, v in os.environ.items() if k != "HYBRIDMATCH_CUDA"}, capture_output=True, text=True,
         timeout=900,
-    ).stdout
+    )
+    log = plain.stdout + plain.stderr
     said = [line.strip() for line in log.splitlines() if "CUDA solver not built" in line]
     assert said == ["-- hybridmatch: CUDA solver not built (set HYBRIDMATCH_CUDA=1, with the CUDA toolkit, to build it)"]
