@@ -110,8 +110,6 @@ def solve_batch(
     _require(cpu_missing(), "native")
     assignment = torch.full((batch, n), -1, dtype=torch.int64)
     status = torch.zeros((batch, 3), dtype=torch.int64)
-    if batch == 0 or n == 0:
-        return assignment, status
     counts = torch.tensor(num_targets, dtype=torch.int64)
     # Threads over the batch, as many as torch uses; the GIL is released meanwhile.
     _cpu.solve_batch(_solver_input(cost), counts, capacity, maximize, torch.get_num_threads(), assignment, status)
@@ -124,7 +122,8 @@ def _solve_cuda(
     device = cost.device
     batch, n, m = cost.shape
     assignment = torch.full((batch, n), -1, dtype=torch.int64, device=device)
-    status = torch.zeros((batch, 3), dtype=torch.int64, device=device)
+    status = torch.full((batch, 3), -1, dtype=torch.int64, device=device)
+    status[:, 0] = int(Status.OK)  # what the kernel writes for an empty problem
     if batch == 0 or n == 0:
         return assignment, status
     with torch.cuda.device(device):
