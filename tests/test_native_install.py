@@ -114,7 +114,7 @@ def test_status_codes_are_the_core_enum_and_defined_once() -> None:
     # No Python file spells them out a second time.
     copies = [str(path.relative_to(ROOT)) for folder in ("hybridmatch", "tests", "benchmarks")
               for path in (ROOT / folder).rglob("*.py")
-              if re.search(r"\b(OK|INFEASIBLE)\b[^=\n]*=\s*[0-9]", path.read_text())]
+              if re.search(r"^\s*(\w+\s*,\s*)*(OK|INFEASIBLE)\b(\s*,\s*\w+)*\s*=\s*[0-9]", path.read_text(), re.M)]
     assert copies == []
 
 
@@ -159,6 +159,19 @@ def test_solver_is_a_torch_library_op_with_a_fake_implementation() -> None:
         cost = mode.from_tensor(torch.rand(3, 7, 4))
         out = op(cost, [4, 2, 0], None, 2, False, "auto", "raise", True)
     assert out.shape == (3, 7) and out.dtype == torch.int64
+
+
+def test_op_called_directly_equals_the_entry_point() -> None:
+    rng = np.random.default_rng(2)
+    cost = torch.from_numpy(rng.random((3, 9, 4)))
+    op = torch.ops.hybridmatch.batched_linear_sum_assignment
+    direct = op(cost, [4, 1, 0], None, 2, True, "native", "raise", True)
+    assert torch.equal(direct, batched_linear_sum_assignment(cost, [4, 1, 0], capacity=2, maximize=True))
+    from hybridmatch.errors import InvalidCostError
+
+    cost[1, 2, 0] = float("nan")
+    with pytest.raises(InvalidCostError, match=r"cost\[1, 2, 0\] is NaN"):  # errors keep their type
+        op(cost, None, torch.tensor([4, 1, 0]), 1, False, "auto", "raise", True)
 
 
 @pytest.mark.slow

@@ -315,13 +315,17 @@ def batched_linear_sum_assignment(
             raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
         problems = cost if batched else cost[None]
         if isinstance(problems, torch.Tensor):
-            # torch.ops.hybridmatch.batched_linear_sum_assignment: one node for torch.compile.
-            # Counts given as ints are checked here; a tensor of counts inside the op.
+            # Under torch.compile: torch.ops.hybridmatch.batched_linear_sum_assignment, one node
+            # of the graph. Counts given as ints are checked here; a tensor of counts inside.
             counts = None
             if num_targets is not None and not isinstance(num_targets, torch.Tensor):
                 counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
             count_tensor = num_targets if isinstance(num_targets, torch.Tensor) else None
-            result = assignment_op(problems, counts, count_tensor, capacity, maximize, backend, nan_policy, batched)
+            if torch.compiler.is_compiling():
+                result = assignment_op(problems, counts, count_tensor, capacity, maximize, backend, nan_policy, batched)
+            else:  # the op's body, without the dispatcher (whose first call imports torch._dynamo)
+                given = count_tensor if count_tensor is not None else counts
+                result = _solve_tensor(problems, given, capacity, maximize, backend, nan_policy, batched)
             return result if batched else result[0]
         name = _resolve_backend(backend, False)
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
