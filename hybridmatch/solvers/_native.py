@@ -148,13 +148,3 @@ def _solve_cuda(
                 f"reinstall with HYBRIDMATCH_CUDA_ARCHITECTURES={major}{minor} HYBRIDMATCH_CUDA=1"
             ) from None
     return assignment, status
-
-
-def check_cuda_status(status: torch.Tensor, num_targets: list[int]) -> None:
-    """The kernel's own count check must never fire with host-checked counts."""
-    assert Status is not None
-    if bool((status[:, 0] == int(Status.BAD_COUNT)).any()):
-        raise RuntimeError(
-            f"hybridmatch CUDA solver: num_targets out of range reached the kernel ({num_targets}); "
-            "this is a bug in hybridmatch, please report it"
-        )
