@@ -174,6 +174,19 @@ def test_op_called_directly_equals_the_entry_point() -> None:
         op(cost, None, torch.tensor([4, 1, 0]), 1, False, "auto", "raise", True)
 
 
+@pytest.mark.parametrize("backend", ["auto", "scipy"])
+def test_errors_name_the_call_once(backend: str) -> None:
+    from hybridmatch.errors import InvalidCostError
+
+    cost = torch.rand(2, 3, 2)
+    cost[1, 0, 1] = float("nan")
+    for given in (cost, cost.numpy(), cost[1], cost[1].numpy()):
+        with pytest.raises(InvalidCostError) as info:
+            batched_linear_sum_assignment(given, backend=backend)
+        shape = tuple(given.shape)
+        assert str(info.value).count("[cost ") == 1 and f"{shape}" in str(info.value).split("[cost ")[1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "scipy"])
 def test_compile_fullgraph_traces_the_solver_and_a_matchers_assignment(backend: str) -> None:

@@ -314,19 +314,39 @@ def batched_linear_sum_assignment(
         if not batched and num_targets is not None:
             raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
         problems = cost if batched else cost[None]
+        counts, count_tensor = None, None
         if isinstance(problems, torch.Tensor):
             # Under torch.compile: torch.ops.hybridmatch.batched_linear_sum_assignment, one node
             # of the graph. Counts given as ints are checked here; a tensor of counts inside.
-            counts = None
             if num_targets is not None and not isinstance(num_targets, torch.Tensor):
                 counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
             count_tensor = num_targets if isinstance(num_targets, torch.Tensor) else None
-            if torch.compiler.is_compiling():
-                result = assignment_op(problems, counts, count_tensor, capacity, maximize, backend, nan_policy, batched)
-            else:  # the op's body, without the dispatcher (whose first call imports torch._dynamo)
-                given = count_tensor if count_tensor is not None else counts
-                result = _solve_tensor(problems, given, capacity, maximize, backend, nan_policy, batched)
-            return result if batched else result[0]
+    except HybridMatchError as error:
+        raise _with_context(error, _describe(cost, name)) from None
+    # The solves add the call's context to their own errors (they know the backend chosen).
+    if isinstance(problems, np.ndarray):
+        result_np = _solve_array(problems, num_targets, capacity, maximize, nan_policy, backend, batched)
+        return np.asarray(result_np if batched else result_np[0])
+    if torch.compiler.is_compiling():
+        result = assignment_op(problems, counts, count_tensor, capacity, maximize, backend, nan_policy, batched)
+    else:  # the op's body, without the dispatcher (whose first call imports torch._dynamo)
+        given = count_tensor if count_tensor is not None else counts
+        result = _solve_tensor(problems, given, capacity, maximize, backend, nan_policy, batched)
+    return result if batched else result[0]
+
+
+def _solve_array(
+    problems: np.ndarray,
+    num_targets: NumTargets,
+    capacity: int,
+    maximize: bool,
+    nan_policy: NanPolicy,
+    backend: str,
+    batched: bool,
+) -> np.ndarray:
+    """Solve a ``(B, N, M)`` numpy batch (options checked): ``(B, N)`` int64."""
+    name = backend
+    try:
         name = _resolve_backend(backend, False)
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
         capacity = min(capacity, max(problems.shape[1], 1))
@@ -336,14 +356,13 @@ def batched_linear_sum_assignment(
                 tensor = torch.from_numpy(np.ascontiguousarray(problems))
             else:  # integers, long double: solved in float64 like every other backend
                 tensor = torch.from_numpy(np.ascontiguousarray(problems, dtype=np.float64))
-            result_np = _solve_native(tensor, counts, capacity, maximize, nan_policy, name, batched).numpy()
-        else:
-            # Each problem's real block is widened to float64 on its own (cheaper than
-            # widening the padded batch).
-            result_np = _solve_all(problems, counts, capacity, maximize, nan_policy, name, batched)
+            return _solve_native(tensor, counts, capacity, maximize, nan_policy, name, batched).numpy()
+        # Each problem's real block is widened to float64 on its own (cheaper than widening
+        # the padded batch).
+        return _solve_all(problems, counts, capacity, maximize, nan_policy, name, batched)
     except HybridMatchError as error:
-        raise _with_context(error, _describe(cost, name)) from None
-    return np.asarray(result_np if batched else result_np[0])
+        shown = problems if batched else problems[0]
+        raise _with_context(error, _describe(shown, name)) from None
 
 
 @overload
