@@ -4,11 +4,13 @@
 #   benchmarks/gpu_check.sh [OUTDIR]        (also: make gpu-check; OUTDIR defaults to $OUT, else gpu-check-out)
 #
 # For a bare machine with torch, nvcc, ninja, scipy, pytest and hypothesis but no
-# network. From the repository root, it
-#   1. installs lap, pycocotools and torch-linear-assignment from the wheels in .whl/
-#      (make gpu-wheels downloads them; any that is missing is skipped and said), checks
-#      that the project installs (into a scratch folder), and builds both native targets
-#      with `python -m hybridmatch.solvers.build`;
+# network (without cmake, scikit-build-core and nanobind wheels in .whl/ it cannot build). From the repository root, it
+#   1. installs the build tools (scikit-build-core, nanobind, cmake) and lap, pycocotools
+#      and torch-linear-assignment from the wheels in .whl/ (make gpu-wheels downloads
+#      them; any that is missing is skipped and said), builds the package's wheel with its
+#      own build (`pip wheel`, HYBRIDMATCH_CUDA=1 for this GPU's architecture), and puts
+#      its compiled solvers beside this checkout's sources for the steps below (removed
+#      at the end);
 #   2. runs every test marked cuda and the whole solver property table
 #      (tests/test_solvers.py, the cuda backend included), and
 #   3. compute-sanitizer's memcheck and racecheck on benchmarks/gpu_sanitize.py,
@@ -38,8 +40,7 @@ WORK=$(mktemp -d /tmp/hm-gpu-check.XXXXXX)
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/hm-torch-extensions}
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 log() { printf '[gpu-check %4ds] %s\n' "$(($(date +%s) - START))" "$*"; }
@@ -98,20 +99,32 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   log "no .whl folder: lap, pycocotools and torch-linear-assignment come from the machine or are skipped"
 fi
-# The project itself runs from this checkout (PYTHONPATH); this checks it installs.
-step install-check 60 "$OUTDIR/build.log" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
-  --no-compile --target "$WORK/install-check" "$REPO"
-"$PY" - "$REPO" "$WORK/install-check" >>"$OUTDIR/build.log" 2>&1 <<'EOF'
+# The package's own build: a wheel (the CUDA solver for this GPU only, to save time).
+ARCH=
+if ((GPU)); then ARCH=$("$PY" -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())'); fi
+step build 300 "$OUTDIR/build.log" env HYBRIDMATCH_CUDA="$GPU" HYBRIDMATCH_CUDA_ARCHITECTURES="$ARCH" \
+  "$PY" -m pip wheel -v --no-index --no-deps --no-build-isolation -w "$WORK/wheel" -C build-dir="$WORK/build" "$REPO"
+# The checkout runs the tests (PYTHONPATH): its sources get the wheel's compiled modules.
+trap 'rm -f "$REPO"/hybridmatch/_lsap*.so' EXIT
+"$PY" - "$WORK/wheel" "$REPO" "$GPU" >>"$OUTDIR/build.log" 2>&1 <<'EOF'
 import importlib
 import sys
+import zipfile
 from pathlib import Path
 
-# The installed package must carry every native source (the extensions build from it).
-repo, installed = Path(sys.argv[1]) / "hybridmatch" / "csrc", Path(sys.argv[2]) / "hybridmatch" / "csrc"
-if installed.parent.exists():
-    missing = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()
-                     and not (installed / p.relative_to(repo)).exists())
-    print(f"install-check: csrc files missing from the installed package: {missing or 'none'}")
+folder, repo, gpu = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+wheels = sorted(folder.glob("hybridmatch-*.whl"))
+if wheels:
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        modules = [name for name in wheel.namelist() if name.startswith("hybridmatch/_lsap")]
+        for name in modules:
+            (repo / name).write_bytes(wheel.read(name))
+    print(f"wheel {wheels[0].name}: {modules}")
+    wanted = ["_lsap", "_lsap_cuda"] if gpu else ["_lsap"]
+    missing = [m for m in wanted if not any(name.split("/")[1].startswith(m + ".") for name in modules)]
+    print(f"compiled solvers missing from the wheel: {missing or 'none'}")
+else:
+    print("no wheel was built")
 for name in ("lap", "pycocotools", "torch_linear_assignment", "triton"):
     try:
         module = importlib.import_module(name)
@@ -119,19 +132,6 @@ for name in ("lap", "pycocotools", "torch_linear_assignment", "triton"):
     except Exception as error:
         print(f"{name}: not importable ({type(error).__name__}: {error})")
 EOF
-if ((GPU)); then
-  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-  export TORCH_CUDA_ARCH_LIST
-  # Both targets at once (separate extensions, separate locks). --cuda fails on a
-  # failed CUDA build, where the plain command would call it skipped.
-  step build 240 "$OUTDIR/build.log" bash -c '
-    "$0" -m hybridmatch.solvers.build --cpu & cpu=$!
-    "$0" -m hybridmatch.solvers.build --cuda; cuda=$?
-    wait $cpu; cpu=$?
-    exit $((cpu | cuda))' "$PY"
-else
-  step build 240 "$OUTDIR/build.log" "$PY" -m hybridmatch.solvers.build --cpu
-fi
 
 # 2 and 3 run side by side (correctness only: nothing is timed until step 4), each
 # into its own log, gathered into tests.log and sanitizer.log afterwards.

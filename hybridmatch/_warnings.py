@@ -12,8 +12,8 @@ from .errors import HybridMatchWarning
 
 _seen: set[str] = set()
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# torch's own frames stand between a user's call and the library: Module.__call__ before a
-# matcher's forward, the torch.no_grad decorator's wrapper (torch/utils/_contextlib.py).
+# torch stands between a user's call and hybridmatch: Module.__call__, no_grad's
+# decorator, the dispatcher calling the solver's custom op.
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 

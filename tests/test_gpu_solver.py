@@ -98,34 +98,58 @@ def test_host_threads_solving_at_once_agree_with_the_cpu_target() -> None:
         assert torch.equal(got, want)
 
 
-def test_binding_checks_host_counts() -> None:
-    module = _native.cuda_module()
+def _launch(cost: torch.Tensor, counts: torch.Tensor, capacity: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """hybridmatch._lsap_cuda.launch as _native calls it, with counts as given."""
+    batch, n, m = cost.shape
+    stride, _ = _native._cuda.workspace_bytes(n, m, capacity)
+    workspace = torch.empty(max(batch * stride, 1), dtype=torch.uint8, device=cost.device)
+    assignment = torch.full((batch, n), -7, dtype=torch.int64, device=cost.device)
+    status = torch.full((batch, 3), -7, dtype=torch.int64, device=cost.device)
+    _native._cuda.launch(cost, cost.transpose(1, 2).contiguous(), counts, capacity, False, assignment, status,
+                         workspace, stride, -1, torch.cuda.current_stream().cuda_stream)
+    return assignment, status
+
+
+def test_binding_checks_the_shapes_it_is_given() -> None:
     cost = torch.rand(2, 4, 3, device="cuda")
-    with pytest.raises(RuntimeError, match=r"num_targets\[1\] = 4 is outside \[0, M = 3\]"):
-        module.solve_batch(cost, torch.tensor([3, 4]), 1, False)
-    with pytest.raises(RuntimeError, match="num_targets must be"):
-        module.solve_batch(cost, torch.tensor([3]), 1, False)
+    with pytest.raises(ValueError, match="num_targets, assignment and status must be"):
+        _launch(cost, torch.tensor([3], device="cuda"))
+    with pytest.raises(TypeError):  # counts on the host: the kernel reads them on the device
+        _launch(cost, torch.tensor([3, 3]))
 
 
 def test_kernel_reports_device_counts_outside_the_columns() -> None:
-    module = _native.cuda_module()
     cost = torch.rand(3, 4, 3, device="cuda")
-    assignment, status = module.solve_batch(cost, torch.tensor([3, -1, 9], device="cuda"), 1, False)
-    assert status.cpu().tolist() == [[0, -1, -1], [4, -1, 3], [4, 9, 3]]
+    assignment, status = _launch(cost, torch.tensor([3, -1, 9], device="cuda"))
+    Status = _native.Status
+    assert status.cpu().tolist() == [[Status.OK, -1, -1], [Status.BAD_COUNT, -1, 3], [Status.BAD_COUNT, 9, 3]]
     assert (assignment[1:] == -1).all()
 
 
-def test_binding_takes_a_cost_that_requires_grad_and_host_or_device_counts() -> None:
-    module = _native.cuda_module()
+def test_native_call_takes_a_cost_that_requires_grad() -> None:
     rng = np.random.default_rng(3)
     cost = torch.from_numpy(rng.random((3, 50, 9)).astype(np.float32)).cuda().requires_grad_()
     counts = [9, 4, 0]
-    host, host_status = module.solve_batch(cost, torch.tensor(counts), 2, False)
-    device, device_status = module.solve_batch(cost, torch.tensor(counts, device="cuda"), 2, False)
-    reference, _ = _native.cpu_module().solve_batch(cost.detach().cpu(), torch.tensor(counts), 2, False)
-    assert torch.equal(host.cpu(), reference) and torch.equal(device.cpu(), reference)
-    assert (host_status == 0).all() and (device_status == 0).all()
-    assert not host.requires_grad
+    gpu, status = _native.solve_batch(cost, counts, 2, False, "cuda")
+    reference, _ = _native.solve_batch(cost.detach().cpu(), counts, 2, False, "native")
+    assert torch.equal(gpu.cpu(), reference)
+    assert (status == 0).all() and not gpu.requires_grad
+
+
+def test_solves_on_the_current_stream() -> None:
+    # The launch takes torch's current stream: work queued on a side stream before the
+    # solve (filling the cost) is seen by the kernel without a device-wide sync.
+    rng = np.random.default_rng(5)
+    host = torch.from_numpy(rng.random((4, 200, 20)).astype(np.float32))
+    expected = batched_linear_sum_assignment(host, backend="native")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        cost = torch.empty(host.shape, device="cuda")
+        cost.copy_(host, non_blocking=False)
+        cost.mul_(1.0)
+        result = batched_linear_sum_assignment(cost, backend="cuda")
+    side.synchronize()
+    assert torch.equal(result.cpu(), expected)
 
 
 def test_queries_side_only_batch_needs_no_transposed_copy() -> None:

@@ -32,6 +32,8 @@ constexpr int kWarps = kThreads / 32;
 // Upper bound of the kernel's static shared memory (scalars and warp partials);
 // lsap_cuda.cu static_asserts its struct fits, the launch guard test reads ptxas.
 constexpr int64_t kStaticSharedBytes = 512;
+// The most blocks of one launch (gridDim.x): a larger batch is refused, not truncated.
+constexpr int64_t kMaxGrid = 2147483647;
 // Global workspace slices start at this alignment.
 constexpr int64_t kSliceAlign = 256;
 

@@ -66,6 +66,9 @@ __all__ = [
     "pairs_to_assignment",
 ]
 
+# Registers torch.ops.hybridmatch.batched_linear_sum_assignment (its body: _solve_tensor).
+from ._op import assignment_op  # noqa: E402
+
 Backend = Literal["auto", "cuda", "native", "scipy", "lap"]
 NATIVE = ("cuda", "native")
 #: Every name ``backend=`` accepts (whether it can run here: :func:`available_backends`).
@@ -77,8 +80,9 @@ CAPACITY_HINT = "1 is one-to-one matching, K lets a target take K queries"
 def available_backends() -> list[str]:
     """Names of the solver backends that can run here, in ``auto``'s order of preference.
 
-    ``cuda`` is listed when torch sees a GPU and the CUDA toolkit is installed,
-    ``native`` when a C++ compiler is; both compile on first use (once, cached).
+    ``native`` is listed when the package was installed with its compiled C++ solver
+    (built at install time where a compiler is), ``cuda`` when it was built with its CUDA
+    solver (``HYBRIDMATCH_CUDA=1``) and torch sees a GPU.
 
     Example:
         >>> from hybridmatch import available_backends
@@ -91,12 +95,11 @@ def available_backends() -> list[str]:
 
 
 def _native_ready(name: str) -> BackendUnavailableError | None:
-    """Build (once) and load a native backend; the reason it cannot run, if it cannot."""
-    try:
-        (_native.cuda_module if name == "cuda" else _native.cpu_module)()
-    except BackendUnavailableError as error:
-        return error
-    return None
+    """The reason a native backend cannot run here, if it cannot."""
+    missing = (_native.cuda_missing if name == "cuda" else _native.cpu_missing)()
+    if missing is None:
+        return None
+    return BackendUnavailableError(f"backend {name!r} is unavailable: {missing}")
 
 
 def _resolve_backend(backend: str, on_cuda: bool) -> str:
@@ -197,24 +200,63 @@ def _solve_native(
     problem is then checked on the host by the same code as every other backend, so the
     errors are identical, and with ``nan_policy="worst"`` it is solved again sanitised.
     """
-    if not cost.is_floating_point():
-        cost = cost.double()
     if backend == "native":
         cost = cost.detach().cpu()
     cost = _scaled_down(cost)
     assignment, status = _native.solve_batch(cost, num_targets, capacity, maximize, backend)
-    for b in torch.nonzero(status[:, 0] != _native.OK).flatten().tolist():
+    status = status.cpu()  # B x 3 int64: the one host transfer of a CUDA solve
+    codes = _native.Status
+    if bool((status[:, 0] == codes.BAD_COUNT).any()):  # the kernel's own check: never from host counts
+        raise RuntimeError(
+            f"hybridmatch CUDA solver: num_targets out of range reached the kernel ({num_targets}); "
+            "this is a bug in hybridmatch, please report it"
+        )
+    for b in torch.nonzero(status[:, 0] != codes.OK).flatten().tolist():
         m = num_targets[b]
         real = to_host_float64(cost[b, :, :m])
         work = sanitise(real, b, batched, maximize, nan_policy)  # raises unless NaN is allowed
-        if int(status[b, 0]) != _native.INFEASIBLE:
+        if int(status[b, 0]) != codes.INFEASIBLE:
             fixed = torch.from_numpy(work).to(cost.device)[None]
             again, again_status = _native.solve_batch(fixed, [m], capacity, False, backend)
-            if int(again_status[0, 0]) == _native.OK:
+            if int(again_status[0, 0]) == codes.OK:
                 assignment[b] = again[0]
                 continue
         raise_infeasible(work, b, batched, capacity)
     return assignment
+
+
+def _solve_tensor(
+    cost: torch.Tensor,
+    num_targets: NumTargets,
+    capacity: int,
+    maximize: bool,
+    backend: str,
+    nan_policy: str,
+    batched: bool,
+) -> torch.Tensor:
+    """Solve a ``(B, N, M)`` torch batch (options checked): ``(B, N)`` int64 on its device.
+
+    The body of ``torch.ops.hybridmatch.batched_linear_sum_assignment`` (``_op.py``): it
+    runs eagerly, under ``torch.compile`` too.
+    """
+    name = backend
+    try:
+        name = _resolve_backend(backend, cost.is_cuda)
+        counts = check_num_targets(num_targets, cost.shape[0], cost.shape[2])
+        cost = check_large_integers(cost, counts, capacity)
+        # A target can never take more than all N queries: a larger K changes nothing.
+        capacity = min(capacity, max(cost.shape[1], 1))
+        if name in NATIVE:
+            result = _solve_native(cost, counts, capacity, maximize, nan_policy, name, batched)  # type: ignore[arg-type]
+        else:
+            # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+            wide = cost.float() if cost.dtype == torch.bfloat16 else cost
+            host = wide.detach().cpu().numpy()
+            result = torch.from_numpy(_solve_all(host, counts, capacity, maximize, nan_policy, name, batched))  # type: ignore[arg-type]
+    except HybridMatchError as error:
+        shown = cost if batched else cost[0]
+        raise with_context(error, _describe(shown, name)) from None
+    return result.to(cost.device)
 
 
 def batched_linear_sum_assignment(
@@ -271,6 +313,8 @@ def batched_linear_sum_assignment(
         capacity = check_int(capacity, "capacity", minimum=1, hint=CAPACITY_HINT)
         nan_policy = check_nan_policy(nan_policy)
         maximize = check_bool(maximize, "maximize")
+        if not isinstance(backend, str):
+            raise ConfigurationError(f"backend must be a str, one of {list(BACKEND_NAMES)}; got {backend!r}")
         if not isinstance(cost, (torch.Tensor, np.ndarray)):
             raise ShapeError(f"cost must be a torch.Tensor or numpy.ndarray, got {type(cost).__name__}")
         if isinstance(cost, np.ndarray):
@@ -290,40 +334,58 @@ def batched_linear_sum_assignment(
         batched = cost.ndim == 3
         if not batched and num_targets is not None:
             raise ShapeError("num_targets is for a (B, N, M) batch; slice a single (N, M) matrix instead")
-        on_cuda = isinstance(cost, torch.Tensor) and cost.is_cuda
-        name = _resolve_backend(backend, on_cuda)
         problems = cost if batched else cost[None]
+        counts, count_tensor = None, None
+        if isinstance(problems, torch.Tensor):
+            # Under torch.compile: torch.ops.hybridmatch.batched_linear_sum_assignment, one node
+            # of the graph. Counts given as ints are checked here; a tensor of counts inside.
+            if num_targets is not None and not isinstance(num_targets, torch.Tensor):
+                counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
+            count_tensor = num_targets if isinstance(num_targets, torch.Tensor) else None
+    except HybridMatchError as error:
+        raise with_context(error, _describe(cost, name)) from None
+    # The solves add the call's context to their own errors (they know the backend chosen).
+    if isinstance(problems, np.ndarray):
+        result_np = _solve_array(problems, num_targets, capacity, maximize, nan_policy, backend, batched)
+        return np.asarray(result_np if batched else result_np[0])
+    if torch.compiler.is_compiling():
+        result = assignment_op(problems, counts, count_tensor, capacity, maximize, backend, nan_policy, batched)
+    else:  # the op's body, without the dispatcher (whose first call imports torch._dynamo)
+        given = count_tensor if count_tensor is not None else counts
+        result = _solve_tensor(problems, given, capacity, maximize, backend, nan_policy, batched)
+    return result if batched else result[0]
+
+
+def _solve_array(
+    problems: np.ndarray,
+    num_targets: NumTargets,
+    capacity: int,
+    maximize: bool,
+    nan_policy: NanPolicy,
+    backend: str,
+    batched: bool,
+) -> np.ndarray:
+    """Solve a ``(B, N, M)`` numpy batch (options checked): ``(B, N)`` int64."""
+    name = backend
+    try:
+        name = _resolve_backend(backend, False)
         counts = check_num_targets(num_targets, problems.shape[0], problems.shape[2])
         problems = check_large_integers(problems, counts, capacity)
         # A target can never take more than all N queries: a larger K changes nothing.
         capacity = min(capacity, max(problems.shape[1], 1))
         if name in NATIVE:
-            if isinstance(problems, torch.Tensor):
-                tensor = problems
-            elif problems.dtype in (np.float16, np.float32, np.float64):
+            if problems.dtype in (np.float16, np.float32, np.float64):
                 # torch takes no negative strides (a reversed view): copy those.
                 tensor = torch.from_numpy(np.ascontiguousarray(problems))
             else:  # integers, long double: solved in float64 like every other backend
                 tensor = torch.from_numpy(np.ascontiguousarray(problems, dtype=np.float64))
-            native = _solve_native(tensor, counts, capacity, maximize, nan_policy, name, batched)
-            result = native.to(cost.device) if isinstance(cost, torch.Tensor) else native.numpy()
-        else:
-            # Host copy in the input dtype; each problem's real block is widened to float64
-            # on its own (cheaper than widening the padded batch).
-            if isinstance(problems, torch.Tensor):
-                # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
-                wide = problems.float() if problems.dtype == torch.bfloat16 else problems
-                host = wide.detach().cpu().numpy()
-            else:
-                host = problems
-            result = _solve_all(host, counts, capacity, maximize, nan_policy, name, batched)
+            return _solve_native(tensor, counts, capacity, maximize, nan_policy, name, batched).numpy()
+        # Each problem's real block is widened to float64 on its own (cheaper than widening
+        # the padded batch).
+        return _solve_all(problems, counts, capacity, maximize, nan_policy, name, batched)
     except HybridMatchError as error:
-        raise with_context(error, _describe(cost, name)) from None
-    if not batched:
-        result = result[0]
-    if isinstance(cost, torch.Tensor):
-        return torch.as_tensor(result).to(cost.device)
-    return np.asarray(result)
+        shown = problems if batched else problems[0]
+        raise with_context(error, _describe(shown, name)) from None
 
 
 @overload

@@ -1,350 +1,150 @@
-"""Build, load and call the native solvers (C++ on the CPU, CUDA on the GPU).
+"""Load and call the compiled solvers: C++ on the CPU, CUDA on the GPU.
 
-Both compile from ``hybridmatch/csrc`` on first use with torch's extension loader.
+Both are built when the package is installed (``CMakeLists.txt``, run by
+scikit-build-core) as nanobind extensions, ``hybridmatch._lsap`` and
+``hybridmatch._lsap_cuda``. They read tensors through DLPack and link no libtorch,
+so one build serves every torch version; nothing compiles at run time. A package
+installed without them (no C++ compiler at install time, ``HYBRIDMATCH_NATIVE=0``;
+for CUDA: built without ``HYBRIDMATCH_CUDA=1``) reports why here, and the entry
+point falls back or raises.
 
-- **Where**: one folder per build under ``<root>/hybridmatch/``, the root being
-  ``TORCH_EXTENSIONS_DIR`` or torch's default (``~/.cache/torch_extensions``). The
-  folder name holds the hybridmatch version, the torch version and build (CPU,
-  CUDA), the Python version and a hash of the sources, headers and flags, so that
-  environments sharing the cache never rebuild each other's build.
-- **When**: a folder with a finished build is loaded directly, without the
-  compiler or a lock; otherwise one line on stderr says that a build starts, why,
-  how long it takes and how to build ahead of time (``python -m
-  hybridmatch.solvers.build``). A line rather than a warning: it announces a wait,
-  not a problem, and a ``-W error`` test run must not fail on a first build.
-- **Locking**: a build holds ``hybridmatch.lock`` (its process id and host) in its
-  folder, so that processes starting together build once. torch's own lock waits
-  forever on a build that was killed part-way; this one is stale when its process
-  is gone (same host) or older than ``HYBRIDMATCH_BUILD_LOCK_TIMEOUT`` seconds
-  (default 900, for builds on another host), and a stale lock makes the backend
-  unavailable with a message that says how to clear it (``auto`` falls back).
+The status codes are the extension's ``Status`` enum (``csrc/lsap_core.h``), the
+one definition of them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import importlib.util
-import json
-import os
-import re
-import shutil
-import socket
-import sys
-import sysconfig
-import time
-from collections.abc import Iterator
-from pathlib import Path
+import importlib
 from types import ModuleType
 
 import torch
 
-from .._version import __version__
-from ..errors import BackendUnavailableError, ConfigurationError
+from ..errors import BackendUnavailableError
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
-CPU_SOURCES = [CSRC / "cpu" / "lsap_cpu.cpp"]
-CUDA_SOURCES = [CSRC / "cuda" / "lsap_cuda_binding.cpp", CSRC / "cuda" / "lsap_cuda.cu"]
-CPU_NAME, CUDA_NAME = "hybridmatch_native_cpu", "hybridmatch_native_cuda"
-
-# Status codes of csrc/lsap_core.h.
-OK, NAN, BAD_INFINITY, INFEASIBLE, BAD_COUNT = 0, 1, 2, 3, 4
-
-LOCK_TIMEOUT_ENV = "HYBRIDMATCH_BUILD_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 900.0
-LOCK_FILE = "hybridmatch.lock"  # ours: who builds
-TORCH_LOCK_FILE = "lock"  # torch's FileBaton, taken inside load()
-COMPLETE_FILE = "hybridmatch.complete"  # written once load() has built and imported the library
-_POLL_SECONDS = 0.2
-_LIBRARY_SUFFIX = ".pyd" if os.name == "nt" else ".so"  # what torch names the library
+_REINSTALL = (
+    "reinstall hybridmatch where a C++ compiler is present (pip install --force-reinstall "
+    "--no-binary hybridmatch hybridmatch, or pip install . from a checkout)"
+)
 
 
-def _compiler() -> str | None:
-    candidates = [os.environ.get("CXX"), sysconfig.get_config_var("CXX"), "c++", "g++", "clang++"]
-    for name in candidates:
-        if name and shutil.which(name.split()[0]):
-            return name
-    return None
+def _import(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(f"hybridmatch.{name}"), None
+    except ModuleNotFoundError as error:
+        if error.name != f"hybridmatch.{name}":
+            raise
+        return None, None
+    except ImportError as error:  # built, but not loadable here (another platform, a missing library)
+        return None, f"{type(error).__name__}: {error}"
+
+
+_cpu, _cpu_error = _import("_lsap")
+_cuda, _cuda_error = _import("_lsap_cuda") if _cpu is not None else (None, None)
+
+#: The per-problem outcome codes of the native cores (``csrc/lsap_core.h``), or None
+#: when the package was installed without its compiled solver.
+Status = _cpu.Status if _cpu is not None else None
 
 
 def cpu_missing() -> str | None:
-    """Why the CPU solver cannot be built here, or None when it can."""
-    if _compiler() is None:
-        return "no C++ compiler found (install g++ or clang++, or set CXX)"
-    from torch.utils.cpp_extension import is_ninja_available
-
-    if not is_ninja_available():
-        return "ninja, which torch's extension builder needs, was not found (pip install ninja)"
-    return None
+    """Why the CPU solver cannot run here, or None when it can."""
+    if _cpu is not None:
+        return None
+    if _cpu_error is not None:
+        return f"its compiled module hybridmatch._lsap does not load ({_cpu_error}); {_REINSTALL}"
+    return (
+        "hybridmatch was installed without its compiled solver (no C++ compiler at install "
+        f"time, or HYBRIDMATCH_NATIVE=0); {_REINSTALL}"
+    )
 
 
 def cuda_missing() -> str | None:
-    """Why the CUDA solver cannot be built or run here, or None when it can."""
+    """Why the CUDA solver cannot run here, or None when it can."""
+    if _cuda is None:
+        if _cuda_error is not None:
+            return f"its compiled module hybridmatch._lsap_cuda does not load ({_cuda_error})"
+        return (
+            "hybridmatch was installed without its CUDA solver: reinstall with the CUDA toolkit and "
+            "HYBRIDMATCH_CUDA=1 (HYBRIDMATCH_CUDA=1 pip install --no-binary hybridmatch hybridmatch, "
+            "or pip install . from a checkout)"
+        )
     if torch.version.cuda is None:
         return f"this torch build ({torch.__version__}) has no CUDA support"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
-        return "the CUDA toolkit (nvcc) was not found: install it or set CUDA_HOME"
-    return cpu_missing()
-
-
-def _flags(cuda: bool) -> dict[str, list[str]]:
-    flags = {"extra_cflags": ["-O3"]}
-    if cuda:
-        flags["extra_cuda_cflags"] = ["-O3"]
-    return flags
-
-
-def _build_key(sources: list[Path], cuda: bool) -> str:
-    """A hash of what the build depends on besides the versions in the folder name."""
-    digest = hashlib.sha256()
-    headers = sorted(path for path in CSRC.rglob("*") if path.suffix in (".h", ".cuh", ".hpp"))
-    for path in [*sources, *headers]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(json.dumps(_flags(cuda), sort_keys=True).encode())
-    digest.update(str(_compiler()).encode())
-    if cuda:  # the GPU architectures compiled for
-        digest.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
-    return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """Where native builds go: ``TORCH_EXTENSIONS_DIR/hybridmatch``, else torch's default root's."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if not root:
-        from torch.utils.cpp_extension import get_default_build_root
-
-        root = get_default_build_root()
-    return Path(root) / "hybridmatch"
-
-
-def build_directory(name: str, sources: list[Path], cuda: bool) -> Path:
-    """The folder of one build, keyed by hybridmatch, torch and Python versions and a source hash."""
-    accelerator = f"-cu{torch.version.cuda}" if torch.version.cuda else ""
-    if getattr(torch.version, "hip", None):
-        accelerator = f"-rocm{torch.version.hip}"
-    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    label = (
-        f"{name}-hm{__version__}-torch{torch.__version__}{accelerator}-{python}-"
-        f"{_build_key(sources, cuda)}"
-    )
-    return cache_root() / re.sub(r"[^A-Za-z0-9._+-]", "_", label)
-
-
-def _lock_timeout() -> float:
-    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
-    if not text:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ConfigurationError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists (unknown, so True, off POSIX)."""
-    if os.name != "posix":
-        return True  # os.kill would terminate it on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _stale_reason(lock: Path, timeout: float) -> str | None:
-    """Why ``lock`` is left over from a build that stopped, or None while it may be live."""
-    try:
-        age = time.time() - lock.stat().st_mtime
-        owner = json.loads(lock.read_text() or "{}")
-    except FileNotFoundError:
-        return None  # released meanwhile
-    except (OSError, ValueError):
-        owner = {}  # being written, or not ours: judged by its age
-    pid = owner.get("pid") if isinstance(owner, dict) else None
-    if isinstance(pid, int) and owner.get("host") == socket.gethostname() and not _alive(pid):
-        return f"process {pid}, which took it, is gone"
-    if age > timeout:
-        return f"it was taken {age:.0f} s ago, more than {LOCK_TIMEOUT_ENV}={timeout:g} s"
     return None
 
 
-def _stale_lock_error(what: str, directory: Path, lock: Path, reason: str) -> BackendUnavailableError:
-    return BackendUnavailableError(
-        f"backend {what!r} cannot be built: its build folder is locked by {lock}, a stale lock "
-        f"({reason}): a build was stopped part-way. If no build is running, remove the folder "
-        f"(rm -r '{directory}') and build again (python -m hybridmatch.solvers.build), or use backend='scipy'"
-    )
+def _require(missing: str | None, name: str) -> None:
+    if missing is not None:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {missing}")
 
 
-@contextlib.contextmanager
-def _build_lock(what: str, directory: Path) -> Iterator[None]:
-    """Hold ``directory``'s build lock; wait while another live build holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / LOCK_FILE
-    timeout = _lock_timeout()
-    announced = False
-    while True:
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            reason = _stale_reason(lock, timeout)
-            if reason is not None:
-                raise _stale_lock_error(what, directory, lock, reason) from None
-            if not announced:
-                print(
-                    f"hybridmatch: waiting for another process that builds the {what!r} solver "
-                    f"(lock {lock})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                announced = True
-            time.sleep(_POLL_SECONDS)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, file)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+def _solver_input(cost: torch.Tensor) -> torch.Tensor:
+    """``cost`` as the cores read it: contiguous float32 or float64, no autograd.
 
-
-def _import_library(name: str, library: Path) -> ModuleType:
-    """Import a finished build without torch's loader (no compiler check, no lock)."""
-    spec = importlib.util.spec_from_file_location(name, library)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {library}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _announce(what: str, directory: Path, cuda: bool) -> None:
-    duration = "1-5 minutes" if cuda else "about 30 s"
-    print(
-        f"hybridmatch: compiling the {what!r} solver, once for hybridmatch {__version__} "
-        f"with torch {torch.__version__} (no build in {directory}); this takes {duration}. "
-        "Build ahead of time with: python -m hybridmatch.solvers.build",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def _load(name: str, sources: list[Path], cuda: bool) -> ModuleType:
-    """Load the build of ``sources``, compiling it first when its folder holds none."""
-    what = "cuda" if cuda else "native"
-    directory = build_directory(name, sources, cuda)
-    library = directory / f"{name}{_LIBRARY_SUFFIX}"
-    complete = directory / COMPLETE_FILE
-    if not (complete.exists() and library.exists()):
-        with _build_lock(what, directory):
-            if not (complete.exists() and library.exists()):  # another process may have built it
-                torch_lock = directory / TORCH_LOCK_FILE
-                if torch_lock.exists():  # left by a killed build: torch would wait on it forever
-                    raise _stale_lock_error(what, directory, torch_lock, "no build holds hybridmatch.lock")
-                _announce(what, directory, cuda)
-                from torch.utils.cpp_extension import load
-
-                verbose = os.environ.get("HYBRIDMATCH_VERBOSE_BUILD", "") not in ("", "0")
-                module = load(
-                    name=name,
-                    sources=[str(s) for s in sources],
-                    build_directory=str(directory),
-                    verbose=verbose,
-                    **_flags(cuda),
-                )
-                complete.write_text(json.dumps({"torch": torch.__version__, "built": time.time()}))
-                return module
-    return _import_library(name, library)
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_module() -> ModuleType | BackendUnavailableError:
-    missing = cpu_missing()
-    if missing:
-        return BackendUnavailableError(f"backend 'native' is unavailable: {missing}")
-    try:
-        return _load(CPU_NAME, CPU_SOURCES, cuda=False)
-    except BackendUnavailableError as error:
-        return error
-    except Exception as error:  # the compiler's message is the useful part
-        return BackendUnavailableError(
-            f"backend 'native' failed to build: {str(error).strip()[-1500:]}; set "
-            "HYBRIDMATCH_VERBOSE_BUILD=1 to see the whole build, or use backend='scipy'"
-        )
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_module() -> ModuleType | BackendUnavailableError:
-    missing = cuda_missing()
-    if missing:
-        return BackendUnavailableError(f"backend 'cuda' is unavailable: {missing}")
-    try:
-        return _load(CUDA_NAME, CUDA_SOURCES, cuda=True)
-    except BackendUnavailableError as error:
-        return error
-    except Exception as error:
-        return BackendUnavailableError(
-            f"backend 'cuda' failed to build: {str(error).strip()[-1500:]}; set "
-            "HYBRIDMATCH_VERBOSE_BUILD=1 to see the whole build, set TORCH_CUDA_ARCH_LIST to "
-            "include this GPU, or use backend='native'"
-        )
-
-
-def cpu_module() -> ModuleType:
-    """The CPU extension, built on first use; raises BackendUnavailableError if it cannot be."""
-    module = _cpu_module()
-    if isinstance(module, BackendUnavailableError):
-        raise module
-    return module
-
-
-def cuda_module() -> ModuleType:
-    """The CUDA extension, built on first use; raises BackendUnavailableError if it cannot be."""
-    module = _cuda_module()
-    if isinstance(module, BackendUnavailableError):
-        raise module
-    return module
+    float16 and bfloat16 widen exactly to float32, integers to float64 (as every other
+    backend reads them); the algorithm itself works in double.
+    """
+    cost = cost.detach()
+    if cost.dtype in (torch.float16, torch.bfloat16):
+        cost = cost.float()
+    elif cost.dtype not in (torch.float32, torch.float64):
+        cost = cost.double()
+    return cost.contiguous()
 
 
 def solve_batch(
     cost: torch.Tensor, num_targets: list[int], capacity: int, maximize: bool, device: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one native call: ``(assignment (B, N) int64 on the cost's device, status (B, 3) int64 on the host)``.
+    """Run one native call: ``(assignment (B, N) int64, status (B, 3) int64)``, both on the cost's device.
 
-    ``status[b] = (code, query, target)``; the caller turns codes into errors.
+    ``num_targets`` holds B ints in ``[0, M]`` (checked by the caller);
+    ``status[b] = (code, query, target)`` with ``code`` a :data:`Status`; the caller
+    turns codes into errors. Raises BackendUnavailableError when the solver is missing.
     """
+    batch, n, m = cost.shape
     if device == "cuda":
-        # Host counts: the binding checks their bounds, builds the transposed cost only for
-        # the problems that need it, and copies them pinned and non-blocking (no host wait).
-        counts = torch.tensor(num_targets, dtype=torch.int64)
+        _require(cuda_missing(), "cuda")
+        return _solve_cuda(cost, num_targets, capacity, maximize)
+    _require(cpu_missing(), "native")
+    assignment = torch.full((batch, n), -1, dtype=torch.int64)
+    status = torch.zeros((batch, 3), dtype=torch.int64)
+    counts = torch.tensor(num_targets, dtype=torch.int64)
+    # Threads over the batch, as many as torch uses; the GIL is released meanwhile.
+    _cpu.solve_batch(_solver_input(cost), counts, capacity, maximize, torch.get_num_threads(), assignment, status)
+    return assignment, status
+
+
+def _solve_cuda(
+    cost: torch.Tensor, num_targets: list[int], capacity: int, maximize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    device = cost.device
+    batch, n, m = cost.shape
+    assignment = torch.full((batch, n), -1, dtype=torch.int64, device=device)
+    status = torch.full((batch, 3), -1, dtype=torch.int64, device=device)
+    status[:, 0] = int(Status.OK)  # what the kernel writes for an empty problem
+    if batch == 0 or n == 0:
+        return assignment, status
+    with torch.cuda.device(device):
+        cost = _solver_input(cost)
+        # The targets x queries copy is read only by problems solved targets-side
+        # (num_targets[b] * capacity <= N): built only if one is.
+        need_transpose = any(0 < count and count * capacity <= n for count in num_targets)
+        cost_t = cost.transpose(1, 2).contiguous() if need_transpose else None
+        # Host counts, copied pinned and non-blocking: no wait for the GPU.
+        counts = torch.tensor(num_targets, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+        stride, _ = _cuda.workspace_bytes(n, m, capacity)
+        workspace = torch.empty(max(batch * stride, 1), dtype=torch.uint8, device=device)
+        stream = torch.cuda.current_stream(device).cuda_stream
         try:
-            assignment, status = cuda_module().solve_batch(cost, counts, capacity, maximize)
+            _cuda.launch(cost, cost_t, counts, capacity, maximize, assignment, status, workspace, stride, -1, stream)
         except RuntimeError as error:
             if "no kernel image" not in str(error):
                 raise
-            major, minor = torch.cuda.get_device_capability(cost.device)
+            major, minor = torch.cuda.get_device_capability(device)
             raise BackendUnavailableError(
-                f"backend 'cuda' was built without code for this GPU (compute capability "
-                f"{major}.{minor}): set TORCH_CUDA_ARCH_LIST='{major}.{minor}' (a build of its own) "
-                "and rebuild (python -m hybridmatch.solvers.build --cuda) before a new process"
+                f"backend 'cuda' was built without code for this GPU (compute capability {major}.{minor}): "
+                f"reinstall with HYBRIDMATCH_CUDA_ARCHITECTURES={major}{minor} HYBRIDMATCH_CUDA=1"
             ) from None
-        status = status.cpu()
-        if bool((status[:, 0] == BAD_COUNT).any()):  # the kernel's own check: never from host counts
-            raise RuntimeError(
-                f"hybridmatch CUDA solver: num_targets out of range reached the kernel ({num_targets}); "
-                "this is a bug in hybridmatch, please report it"
-            )
-        return assignment, status
-    counts = torch.tensor(num_targets, dtype=torch.int64)
-    return cpu_module().solve_batch(cost, counts, capacity, maximize)
+    return assignment, status

@@ -15,6 +15,9 @@
 //   32 lanes must take part, as on the GPU with a full mask.
 // - A thread that returns leaves every barrier (as exited threads do on the GPU).
 // - atomicMin on unsigned long long: a compare-and-swap loop on std::atomic_ref.
+// - A launch whose dynamic shared memory exceeds what the kernel may take is refused
+//   (cudaErrorInvalidConfiguration): 48 KiB minus its static shared memory, unless
+//   cudaFuncSetAttribute raised that kernel's limit, as on the GPU.
 // - `__shared__` variables: function statics, shared by the block's threads (blocks
 //   run one after another). Dynamic shared memory is filled with 0xFF (NaN doubles,
 //   -1 ints) before each block, so a read before a write shows.
@@ -32,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -81,7 +85,17 @@ inline dim3 block_dim;
 inline cudaError_t last_error = cudaSuccess;
 // What the emulated device offers as its opt-in shared memory per block (H100/H200).
 inline int optin_shared = 232448;
-inline int max_dynamic_set = -1;  // the last cudaFuncSetAttribute value, for tests
+inline int max_dynamic_set = -1;
+// Without cudaFuncSetAttribute a kernel may take 48 KiB of shared memory, its static
+// shared memory included: the limit a launch is checked against, per kernel.
+constexpr int kDefaultShared = 48 * 1024;
+constexpr int kStaticShared = 512;  // what cudaFuncGetAttributes reports (launch::kStaticSharedBytes)
+inline std::vector<std::pair<const void*, int>> raised_limits;
+inline int dynamic_limit(const void* kernel) {
+  for (const auto& [function, limit] : raised_limits)
+    if (function == kernel) return limit;
+  return kDefaultShared - kStaticShared;
+}  // the last cudaFuncSetAttribute value, for tests
 inline int set_attribute_calls = 0;
 
 inline unsigned char* dynamic_shared() { return current->dynamic_shared.data(); }
@@ -130,7 +144,7 @@ struct Launch {
   template <typename... Args>
   void operator()(Args... args) const {
     if (block.x == 0 || block.x % 32 != 0 || block.x > 1024 || block.y != 1 || block.z != 1 || grid.y != 1 ||
-        grid.z != 1 || static_cast<int>(shared_bytes) > optin_shared) {
+        grid.z != 1 || static_cast<int64_t>(shared_bytes) > dynamic_limit(reinterpret_cast<const void*>(kernel))) {
       last_error = cudaErrorInvalidConfiguration;
       return;
     }
@@ -213,12 +227,13 @@ static inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int
 }
 template <typename F>
 static cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, F) {
-  attributes->sharedSizeBytes = 512;  // launch::kStaticSharedBytes, the bound the kernel asserts
+  attributes->sharedSizeBytes = hm_emu::kStaticShared;  // launch::kStaticSharedBytes, the bound the kernel asserts
   return cudaSuccess;
 }
 template <typename F>
-static cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int value) {
-  if (value < 0 || value > hm_emu::optin_shared) return cudaErrorInvalidValue;
+static cudaError_t cudaFuncSetAttribute(F function, cudaFuncAttribute, int value) {
+  if (value < 0 || value + hm_emu::kStaticShared > hm_emu::optin_shared) return cudaErrorInvalidValue;
+  hm_emu::raised_limits.emplace_back(reinterpret_cast<const void*>(function), value);
   hm_emu::max_dynamic_set = value;
   ++hm_emu::set_attribute_calls;
   return cudaSuccess;

@@ -1,19 +1,28 @@
 // hybridmatch CPU target: the shared algorithm (lsap_core.h) run one problem per
-// thread, as many threads as torch.get_num_threads(), with the GIL released by the
-// binding.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+// thread, with the GIL released, as a nanobind extension (hybridmatch._lsap).
+//
+// Tensors arrive through DLPack (nanobind's ndarray), so the module does not link
+// libtorch: one build serves every torch version. The Python side
+// (hybridmatch/solvers/_native.py) allocates the outputs, makes the cost contiguous
+// float32 or float64, and turns the status rows into errors.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "../lsap_core.h"
+
+namespace nb = nanobind;
 
 namespace hybridmatch {
 namespace {
@@ -112,66 +121,91 @@ Result solve_one(const scalar_t* cost, int64_t n, int64_t m, int64_t m_real, int
   return Result{kOk, -1, -1};
 }
 
-}  // namespace
-
-// cost (B, N, M) floating CPU, num_targets (B,) int64 -> (assignment (B, N) int64,
-// status (B, 3) int64 [code, query, target]).
-std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_targets, int64_t capacity,
-                                       bool maximize) {
-  TORCH_CHECK(cost.dim() == 3, "cost must be (B, N, M)");
-  TORCH_CHECK(!cost.is_cuda(), "the CPU solver needs a CPU tensor");
-  TORCH_CHECK(capacity >= 1, "capacity must be >= 1");
-  cost = cost.contiguous();
-  num_targets = num_targets.to(torch::kInt64).contiguous();
-  const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
-  TORCH_CHECK(num_targets.numel() == batch, "num_targets must have B entries");
-  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max() && m * capacity <= std::numeric_limits<int32_t>::max(),
-              "problem too large for the native solver: N and M * capacity must fit in int32");
-  auto assignment = torch::empty({batch, n}, torch::kInt64);
-  auto status = torch::zeros({batch, 3}, torch::kInt64);
-  const int64_t* counts = num_targets.data_ptr<int64_t>();
-  int64_t* out = assignment.data_ptr<int64_t>();
-  int64_t* codes = status.data_ptr<int64_t>();
+template <typename scalar_t>
+void solve_all(const scalar_t* data, const int64_t* counts, int64_t batch, int64_t n, int64_t m, int64_t capacity,
+               bool maximize, int64_t workers, int64_t* out, int64_t* codes) {
   // Problems of a batch differ in size: threads take the next unsolved one from a
-  // shared counter. std::thread rather than at::parallel_for, whose OpenMP backend
-  // would need this extension to be built with -fopenmp.
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "hybridmatch_solve_batch", [&] {
-    const scalar_t* data = cost.data_ptr<scalar_t>();
-    std::atomic<int64_t> next{0};
-    // An exception (e.g. out of memory) must not escape a thread: keep the first, stop
-    // the others, join everyone, then rethrow on the calling thread.
-    std::exception_ptr failure;
-    std::mutex failure_mutex;
-    auto work = [&] {
-      try {
-        Buffers buffers;
-        for (int64_t b = next++; b < batch; b = next++) {
-          const Result r = solve_one<scalar_t>(data + b * n * m, n, m, counts[b], capacity, maximize,
-                                               out + b * n, buffers);
-          codes[b * 3 + 0] = r.status;
-          codes[b * 3 + 1] = r.query;
-          codes[b * 3 + 2] = r.target;
-        }
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(failure_mutex);
-        if (!failure) failure = std::current_exception();
-        next = batch;
+  // shared counter.
+  std::atomic<int64_t> next{0};
+  // An exception (e.g. out of memory) must not escape a thread: keep the first, stop
+  // the others, join everyone, then rethrow on the calling thread.
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto work = [&] {
+    try {
+      Buffers buffers;
+      for (int64_t b = next++; b < batch; b = next++) {
+        const Result r =
+            solve_one<scalar_t>(data + b * n * m, n, m, counts[b], capacity, maximize, out + b * n, buffers);
+        codes[b * 3 + 0] = r.status;
+        codes[b * 3 + 1] = r.query;
+        codes[b * 3 + 2] = r.target;
       }
-    };
-    std::vector<std::thread> threads;
-    for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
-    work();
-    for (auto& thread : threads) thread.join();
-    if (failure) std::rethrow_exception(failure);
-  });
-  return {assignment, status};
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+      next = batch;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
+  work();
+  for (auto& thread : threads) thread.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
+using Cost = nb::ndarray<nb::ro, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+using Counts = nb::ndarray<nb::ro, const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Rows = nb::ndarray<int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+// cost (B, N, M) float32 or float64; num_targets (B,) int64 in [0, M] (checked by the
+// caller); assignment (B, N) and status (B, 3) int64, written here:
+// assignment[b, q] = target or -1, status[b] = (code, query, target).
+void solve_batch(Cost cost, Counts num_targets, int64_t capacity, bool maximize, int64_t num_threads,
+                 Rows assignment, Rows status) {
+  const int64_t batch = cost.shape(0), n = cost.shape(1), m = cost.shape(2);
+  if (capacity < 1) throw std::invalid_argument("capacity must be >= 1");
+  if (static_cast<int64_t>(num_targets.shape(0)) != batch) throw std::invalid_argument("num_targets must be (B,)");
+  if (static_cast<int64_t>(assignment.shape(0)) != batch || static_cast<int64_t>(assignment.shape(1)) != n)
+    throw std::invalid_argument("assignment must be (B, N)");
+  if (static_cast<int64_t>(status.shape(0)) != batch || status.shape(1) != 3)
+    throw std::invalid_argument("status must be (B, 3)");
+  if (n > std::numeric_limits<int32_t>::max() || m * capacity > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("problem too large for the native solver: N and M * capacity must fit in int32");
+  const int64_t* counts = num_targets.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    if (counts[b] < 0 || counts[b] > m)
+      throw std::invalid_argument("num_targets[" + std::to_string(b) + "] is outside [0, M]");
+  }
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, batch));
+  const nb::dlpack::dtype dtype = cost.dtype();
+  if (dtype == nb::dtype<float>()) {
+    solve_all(static_cast<const float*>(cost.data()), counts, batch, n, m, capacity, maximize, workers,
+              assignment.data(), status.data());
+  } else if (dtype == nb::dtype<double>()) {
+    solve_all(static_cast<const double*>(cost.data()), counts, batch, n, m, capacity, maximize, workers,
+              assignment.data(), status.data());
+  } else {
+    throw std::invalid_argument("cost must be float32 or float64");
+  }
+}
+
+}  // namespace
 }  // namespace hybridmatch
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("solve_batch", &hybridmatch::solve_batch, "Batched assignment (CPU)", py::arg("cost"),
-        py::arg("num_targets"), py::arg("capacity"), py::arg("maximize"),
-        py::call_guard<py::gil_scoped_release>());
+NB_MODULE(_lsap, m) {
+  m.doc() = "hybridmatch's batched assignment solver on the CPU (csrc/lsap_core.h).";
+  // The one definition of the status codes (csrc/lsap_core.h); Python reads them here.
+  nb::enum_<hybridmatch::Status>(m, "Status", nb::is_arithmetic(),
+                                 "Per-problem outcome of a native solve: status[b, 0] of solve_batch.")
+      .value("OK", hybridmatch::kOk, "solved")
+      .value("NAN", hybridmatch::kNaN, "a NaN cost; detail (query, target) of the first")
+      .value("BAD_INFINITY", hybridmatch::kBadInfinity,
+             "-inf when minimising, +inf when maximising; detail (query, target) of the first")
+      .value("INFEASIBLE", hybridmatch::kInfeasible, "the +inf pairs leave no complete assignment")
+      .value("BAD_COUNT", hybridmatch::kBadCount, "CUDA only: num_targets[b] outside [0, M]; detail (count, M)");
+  m.def("solve_batch", &hybridmatch::solve_batch, nb::arg("cost"), nb::arg("num_targets"), nb::arg("capacity"),
+        nb::arg("maximize"), nb::arg("num_threads"), nb::arg("assignment"), nb::arg("status"),
+        nb::call_guard<nb::gil_scoped_release>(),
+        "Solve a (B, N, M) batch into assignment (B, N) and status (B, 3), threads over the batch.");
 }

@@ -58,15 +58,18 @@ struct BlockExec {
   Candidate* partial;  // 2 * kWarps
   int parity;
 
+  // Column loops count in uint32: `j += blockDim.x` past n < 2^31 stays below 2^32,
+  // where an int32 counter would overflow for n within blockDim.x of 2^31.
   template <typename F>
   __device__ void for_each(int32_t n, F f) {
-    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) f(j);
+    for (uint32_t j = threadIdx.x; j < static_cast<uint32_t>(n); j += blockDim.x) f(static_cast<int32_t>(j));
   }
 
   template <typename Key, typename Free>
   __device__ Pick argmin_cols(int32_t n, Key key, Free is_free) {
     Candidate best{kInf, -1, 0};
-    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
+    for (uint32_t column = threadIdx.x; column < static_cast<uint32_t>(n); column += blockDim.x) {
+      const int32_t j = static_cast<int32_t>(column);
       const double value = key(j);
       if (value < kInf) {
         Candidate c{value, j, is_free(j) ? 1 : 0};
@@ -147,7 +150,8 @@ __device__ int64_t first_bad(const T* cost, int64_t n, int64_t m, int64_t m_real
     const double x = static_cast<double>(cost[(first / m_real) * m + first % m_real]);
     *kind = x != x ? kNaN : kBadInfinity;
   }
-  __syncthreads();
+  // No barrier here: *kind is read by thread 0 only, and *shared_min is not written
+  // again (tests/test_kernel_races.py checks that every barrier left is needed).
   return first;
 }
 
@@ -171,9 +175,9 @@ __global__ void __launch_bounds__(kThreads)
     st[1] = counted ? -1 : m_real;
     st[2] = counted ? -1 : m;
   }
-  // Every thread reads the same count: all leave together, before any barrier.
+  // Every thread reads the same count and sizes: all leave together, before any barrier.
+  // (The status row is written by thread 0 only: no barrier is needed after it.)
   if (m_real < 0 || m_real > m) return;
-  __syncthreads();
   if (n == 0 || m_real == 0) return;
 
   const T* problem = cost + b * n * m;
@@ -291,6 +295,7 @@ extern "C" int hybridmatch_launch_lsap(int dtype, const void* cost, const void* 
   if (shared_limit >= 0 && shared_limit < max_dynamic) max_dynamic = shared_limit;
   const launch::Plan plan = launch::plan(batch, n, m, capacity, max_dynamic);
   if (workspace_stride < plan.workspace_stride) return cudaErrorInvalidValue;
+  if (plan.grid > launch::kMaxGrid) return cudaErrorInvalidConfiguration;  // one block per problem
   const double sign = maximize ? -1.0 : 1.0;
   const size_t dynamic = static_cast<size_t>(plan.shared_bytes);
   const int use_shared = plan.shared_columns ? 1 : 0;

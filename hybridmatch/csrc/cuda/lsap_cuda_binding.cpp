@@ -1,12 +1,22 @@
-// hybridmatch CUDA target, torch binding: allocates the outputs and the workspace on
-// the cost's device and launches csrc/cuda/lsap_cuda.cu on the current stream.
-// Nothing here waits for the GPU.
-#include <torch/extension.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+// hybridmatch CUDA target, Python binding (hybridmatch._lsap_cuda, nanobind): launches
+// csrc/cuda/lsap_cuda.cu on the stream it is given. Tensors arrive through DLPack, so
+// the module does not link libtorch; the Python side (hybridmatch/solvers/_native.py)
+// allocates the outputs and the workspace on the cost's device, and passes torch's
+// current stream. Nothing here waits for the GPU.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+
 #include <cuda_runtime.h>
 
-#include <vector>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace nb = nanobind;
 
 extern "C" int64_t hybridmatch_workspace_bytes(int64_t n, int64_t m, int64_t capacity, int64_t* shared_bytes);
 extern "C" int hybridmatch_launch_lsap(int dtype, const void* cost, const void* cost_t, const int64_t* num_targets,
@@ -16,65 +26,62 @@ extern "C" int hybridmatch_launch_lsap(int dtype, const void* cost, const void* 
 
 namespace {
 
-// cost (B, N, M) floating CUDA; num_targets (B,) int64, on the host (checked here, then
-// copied pinned and non-blocking) or already on the cost's device (then the kernel
-// checks it and reports status 4 = kBadCount) -> (assignment (B, N) int64 on the
-// device, status (B, 3) int64 on the device [code, query, target]).
-std::vector<torch::Tensor> solve_batch(torch::Tensor cost, torch::Tensor num_targets, int64_t capacity,
-                                       bool maximize) {
-  TORCH_CHECK(cost.is_cuda(), "the CUDA solver needs a CUDA tensor");
-  TORCH_CHECK(cost.dim() == 3, "cost must be (B, N, M)");
-  TORCH_CHECK(capacity >= 1, "capacity must be >= 1");
-  const c10::cuda::CUDAGuard guard(cost.device());
-  // No autograd graph for the copies below. float16 / bfloat16 widen exactly to
-  // float32; the algorithm works in double.
-  cost = cost.detach();
-  if (cost.scalar_type() != torch::kFloat && cost.scalar_type() != torch::kDouble) cost = cost.to(torch::kFloat);
-  cost = cost.contiguous();
-  const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
-  TORCH_CHECK(num_targets.dim() == 1 && num_targets.numel() == batch, "num_targets must be (B,) with B = ", batch,
-              ", got shape ", num_targets.sizes());
-  TORCH_CHECK(n <= INT32_MAX && m * capacity <= INT32_MAX,
-              "problem too large for the CUDA solver: N and M * capacity must fit in int32");
-  // The targets x queries copy is read only by problems solved targets-side
-  // (num_targets[b] * capacity <= N); with host counts it is built only if one is.
-  bool need_transpose = true;
-  if (!num_targets.is_cuda()) {
-    auto counts = num_targets.to(torch::kInt64).contiguous();
-    const int64_t* c = counts.data_ptr<int64_t>();
-    need_transpose = false;
-    for (int64_t b = 0; b < batch; ++b) {
-      TORCH_CHECK(c[b] >= 0 && c[b] <= m, "num_targets[", b, "] = ", c[b], " is outside [0, M = ", m, "]");
-      need_transpose |= c[b] > 0 && n > 0 && c[b] * capacity <= n;
-    }
-    num_targets = counts.pin_memory().to(cost.device(), /*non_blocking=*/true);
-  } else {
-    TORCH_CHECK(num_targets.device() == cost.device(), "num_targets is on ", num_targets.device(),
-                ", the cost on ", cost.device());
-    num_targets = num_targets.to(torch::kInt64).contiguous();
-  }
-  torch::Tensor cost_t;
-  if (need_transpose) cost_t = cost.transpose(1, 2).contiguous();
+using Cost = nb::ndarray<nb::ro, nb::ndim<3>, nb::c_contig, nb::device::cuda>;
+using Counts = nb::ndarray<nb::ro, const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cuda>;
+using Rows = nb::ndarray<int64_t, nb::ndim<2>, nb::c_contig, nb::device::cuda>;
+using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cuda>;
 
-  int64_t shared_bytes = 0;
-  const int64_t stride = hybridmatch_workspace_bytes(n, m, capacity, &shared_bytes);
-  auto options = cost.options();
-  auto workspace = torch::empty({std::max<int64_t>(batch * stride, 1)}, options.dtype(torch::kUInt8));
-  auto assignment = torch::empty({batch, n}, options.dtype(torch::kInt64));
-  auto status = torch::empty({batch, 3}, options.dtype(torch::kInt64));
-  const int dtype = cost.scalar_type() == torch::kFloat ? 0 : 1;
-  const int error = hybridmatch_launch_lsap(
-      dtype, cost.data_ptr(), need_transpose ? cost_t.data_ptr() : nullptr, num_targets.data_ptr<int64_t>(), batch,
-      n, m, capacity, maximize ? 1 : 0, assignment.data_ptr<int64_t>(), status.data_ptr<int64_t>(),
-      workspace.data_ptr(), stride, /*shared_limit=*/-1, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(error == 0, "hybridmatch CUDA solver failed to launch: ",
-              cudaGetErrorString(static_cast<cudaError_t>(error)));
-  return {assignment, status};
+// (global bytes per problem, a multiple of 256; shared bytes of its column state).
+std::pair<int64_t, int64_t> workspace_bytes(int64_t n, int64_t m, int64_t capacity) {
+  int64_t shared = 0;
+  const int64_t stride = hybridmatch_workspace_bytes(n, m, capacity, &shared);
+  return {stride, shared};
+}
+
+// cost (B, N, M) float32/float64 on the GPU; cost_t (B, M, N) its transpose, or None
+// when no problem is solved targets-side; num_targets (B,) int64 on the same GPU (the
+// kernel reports one outside [0, M] as status 4); assignment (B, N), status (B, 3)
+// int64 and workspace (>= B * stride bytes) on the GPU; stream: a cudaStream_t as an
+// integer (torch.cuda.current_stream().cuda_stream).
+void launch(Cost cost, std::optional<Cost> cost_t, Counts num_targets, int64_t capacity, bool maximize,
+            Rows assignment, Rows status, Bytes workspace, int64_t workspace_stride, int64_t shared_limit,
+            uintptr_t stream) {
+  const int64_t batch = cost.shape(0), n = cost.shape(1), m = cost.shape(2);
+  const nb::dlpack::dtype dtype = cost.dtype();
+  const bool is_float = dtype == nb::dtype<float>();
+  if (!is_float && dtype != nb::dtype<double>()) throw std::invalid_argument("cost must be float32 or float64");
+  if (cost_t && cost_t->dtype() != dtype) throw std::invalid_argument("cost_t must have the cost's dtype");
+  if (capacity < 1) throw std::invalid_argument("capacity must be >= 1");
+  if (n > INT32_MAX || m * capacity > INT32_MAX)
+    throw std::invalid_argument("problem too large for the CUDA solver: N and M * capacity must fit in int32");
+  if (static_cast<int64_t>(num_targets.shape(0)) != batch || static_cast<int64_t>(assignment.shape(0)) != batch ||
+      static_cast<int64_t>(assignment.shape(1)) != n || static_cast<int64_t>(status.shape(0)) != batch ||
+      status.shape(1) != 3)
+    throw std::invalid_argument("num_targets, assignment and status must be (B,), (B, N) and (B, 3)");
+  if (static_cast<int64_t>(workspace.shape(0)) < batch * workspace_stride)
+    throw std::invalid_argument("workspace is smaller than B * workspace_stride bytes");
+  const int device = cost.device_id();
+  int current = -1;
+  cudaError_t error = cudaGetDevice(&current);
+  if (error == cudaSuccess && current != device) error = cudaSetDevice(device);
+  if (error == cudaSuccess) {
+    error = static_cast<cudaError_t>(hybridmatch_launch_lsap(
+        is_float ? 0 : 1, cost.data(), cost_t ? cost_t->data() : nullptr, num_targets.data(), batch, n, m,
+        capacity, maximize ? 1 : 0, assignment.data(), status.data(), workspace.data(), workspace_stride,
+        shared_limit, reinterpret_cast<cudaStream_t>(stream)));
+  }
+  if (error != cudaSuccess)
+    throw std::runtime_error(std::string("hybridmatch CUDA solver failed to launch: ") + cudaGetErrorString(error));
 }
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("solve_batch", &solve_batch, "Batched assignment (CUDA, one block per problem)", py::arg("cost"),
-        py::arg("num_targets"), py::arg("capacity"), py::arg("maximize"));
+NB_MODULE(_lsap_cuda, m) {
+  m.doc() = "hybridmatch's batched assignment solver on the GPU (csrc/cuda/lsap_cuda.cu).";
+  m.def("workspace_bytes", &workspace_bytes, nb::arg("n"), nb::arg("m"), nb::arg("capacity"),
+        "(global bytes per problem, shared bytes of its column state) of a (N, M, capacity) problem.");
+  m.def("launch", &launch, nb::arg("cost"), nb::arg("cost_t").none(), nb::arg("num_targets"), nb::arg("capacity"),
+        nb::arg("maximize"), nb::arg("assignment"), nb::arg("status"), nb::arg("workspace"),
+        nb::arg("workspace_stride"), nb::arg("shared_limit"), nb::arg("stream"),
+        nb::call_guard<nb::gil_scoped_release>(), "Launch one block per problem on `stream`; never waits.");
 }
