@@ -306,18 +306,3 @@ def test_meta_outputs_are_named() -> None:
     targets = [{"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.rand(1, 4)}]
     with pytest.raises(InvalidPredictionError, match=r"outputs\['pred_boxes'\] is on the meta device"):
         Matcher(L1BoxCost(), Hungarian())({"pred_boxes": torch.rand(1, 3, 4, device="meta")}, targets)
-
-
-def test_fallback_warning_points_at_the_callers_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hybridmatch.errors import BackendUnavailableError
-    from hybridmatch.solvers import _native
-
-    def missing():
-        raise BackendUnavailableError("no C++ compiler (test)")
-
-    monkeypatch.setattr(_native, "cpu_module", missing)
-    matcher = Matcher(L1BoxCost(), Hungarian())
-    targets = [{"labels": torch.zeros(1, dtype=torch.long), "boxes": torch.rand(1, 4)}]
-    with pytest.warns(HybridMatchWarning, match="backend='auto' skips 'native'") as record:
-        matcher({"pred_boxes": torch.rand(1, 3, 4)}, targets)  # through Module.__call__ and no_grad
-    assert [w.filename for w in record] == [__file__]
