@@ -73,8 +73,8 @@ from .errors import (
 
 __all__ = ["NanPolicy", "NAN_POLICIES"]
 
-#: What a NaN cost does: ``"raise"`` (an :class:`~hybridmatch.errors.InvalidCostError` naming
-#: it) or ``"worst"`` (NaN is worse than any finite cost; warned once).
+#: The policy for a NaN cost. ``"raise"`` raises an :class:`~hybridmatch.errors.InvalidCostError`
+#: naming it, ``"worst"`` treats NaN as worse than any finite cost (warned once).
 NanPolicy = Literal["raise", "worst"]
 #: The values :data:`NanPolicy` allows.
 NAN_POLICIES: tuple[str, ...] = ("raise", "worst")
