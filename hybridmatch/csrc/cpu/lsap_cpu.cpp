@@ -178,7 +178,13 @@ void solve_batch(Cost cost, Counts num_targets, int64_t capacity, bool maximize,
     if (counts[b] < 0 || counts[b] > m)
       throw std::invalid_argument("num_targets[" + std::to_string(b) + "] is outside [0, M]");
   }
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, batch));
+  // Threading by problem size: a thread costs tens of microseconds to start, about what
+  // 20k (query, target copy) pairs take to solve, so small batches run on this thread
+  // alone and 2 threads are never slower than 1.
+  int64_t units = 0;
+  for (int64_t b = 0; b < batch; ++b) units += n * std::max<int64_t>(counts[b], 1) * capacity;
+  const int64_t by_size = std::max<int64_t>(1, units / 20000);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>({num_threads, batch, by_size}));
   const nb::dlpack::dtype dtype = cost.dtype();
   if (dtype == nb::dtype<float>()) {
     solve_all(static_cast<const float*>(cost.data()), counts, batch, n, m, capacity, maximize, workers,
