@@ -264,7 +264,7 @@ def peak_extra_mib(kind: str, threads: int, batch: int, objects: int) -> float |
     return queue.get() if process.exitcode == 0 and not queue.empty() else None
 
 
-_OFFICIAL_MAX_PAIRS = [400_000_000]
+_OFFICIAL_MAX_PAIRS = [100_000_000]
 
 
 def main() -> None:

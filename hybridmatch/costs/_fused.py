@@ -92,6 +92,14 @@ def fused_cost(terms: tuple[tuple[float, Any], ...], outputs: Mapping[str, Tenso
             return None
         if labels.device.type != "cpu":
             return None
+        focal = len(class_terms) == 1 and isinstance(class_terms[0][1], FocalClassCost)
+        if focal:
+            weight, cost = class_terms[0]
+            logits = outputs[cost.key].float().contiguous()
+            if bool(torch.isfinite(logits).all()):  # else the table path keeps the NaN rows
+                labels = labels.to(torch.int64).clamp(0, num_classes - 1).contiguous()
+                return _run(module, logits, labels, pred, target, l1_weight, giou_weight, True,
+                            (True, cost.alpha, cost.gamma, float(weight)))
         # The classes present (over the batch): the table needs only their columns.
         clamped = labels.to(torch.int64).clamp(0, num_classes - 1)
         present, inverse = torch.unique(clamped, return_inverse=True)
@@ -116,13 +124,18 @@ def fused_cost(terms: tuple[tuple[float, Any], ...], outputs: Mapping[str, Tenso
     else:
         table = torch.zeros(1, 1, 1)
         labels = torch.zeros(1, 1, dtype=torch.int64)
-    out = torch.empty(batch, queries, count, dtype=torch.float32)
+    return _run(module, table, labels, pred, target, l1_weight, giou_weight, bool(class_terms), (False, 0.0, 0.0, 1.0))
+
+
+def _run(module: Any, table: Tensor, labels: Tensor, pred: Tensor, target: Tensor, l1_weight: float | None,
+         giou_weight: float | None, has_class: bool, focal: tuple[bool, float, float, float]) -> Tensor:
+    out = torch.empty(pred.shape[0], pred.shape[1], target.shape[1], dtype=torch.float32)
     module.fused_detection_cost(
         table, labels, pred, target,
         0.0 if l1_weight is None else float(l1_weight),
         0.0 if giou_weight is None else float(giou_weight),
-        bool(class_terms), l1_weight is not None, giou_weight is not None,
-        torch.get_num_threads(), out,
+        has_class, l1_weight is not None, giou_weight is not None,
+        *focal, torch.get_num_threads(), out,
     )
     return out
 

@@ -48,25 +48,62 @@ inline float neg_giou(const XYXY& a, const XYXY& b) {
   return -(iou - penalty);
 }
 
+// The focal class cost of one logit, as hybridmatch/costs/classes.py's focal_class_cost:
+// 1 - p evaluated as sigmoid(-logit).
+inline float focal_of(float logit, float alpha, float gamma) {
+  const float p = 1.0f / (1.0f + std::exp(-logit));
+  const float q = 1.0f / (1.0f + std::exp(logit));
+  const float qg = gamma == 2.0f ? q * q : std::pow(q, gamma);
+  const float pg = gamma == 2.0f ? p * p : std::pow(p, gamma);
+  const float pos = alpha * qg * -std::log(p + 1e-8f);
+  const float neg = (1.0f - alpha) * pg * -std::log(q + 1e-8f);
+  return pos - neg;
+}
+
 // Rows (b, n) of the batch are split into contiguous chunks, one per worker; workers > 1
 // only when the caller found the problem large enough.
+//
+// focal: table holds raw logits and the class term is w_class * focal(logit); the focal
+// value of each class present in image b is computed once per query (slot[] maps a target
+// to its class's place in that short list). Otherwise table holds the weighted class cost.
 inline void fused_cost_all(const float* table, int64_t num_classes, const int64_t* labels, const float* pred,
                            const float* target, int64_t batch, int64_t n, int64_t m, float w_l1, float w_giou,
-                           bool has_class, bool has_l1, bool has_giou, int64_t workers, float* out) {
+                           bool has_class, bool has_l1, bool has_giou, bool focal, float alpha, float gamma,
+                           float w_class, int64_t workers, float* out) {
   const int64_t rows = batch * n;
   auto run = [&](int64_t begin, int64_t end) {
     std::vector<XYXY> tboxes(static_cast<size_t>(m));
+    std::vector<int64_t> present, slot(static_cast<size_t>(m)), where;
+    std::vector<float> values;
     int64_t current = -1;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / n;
       if (b != current) {
         current = b;
         for (int64_t j = 0; j < m; ++j) tboxes[j] = to_xyxy(target + (b * m + j) * 4);
+        if (focal && has_class) {
+          present.clear();
+          where.assign(static_cast<size_t>(num_classes), -1);
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t c = labels[b * m + j];
+            if (where[c] < 0) {
+              where[c] = static_cast<int64_t>(present.size());
+              present.push_back(c);
+            }
+            slot[j] = where[c];
+          }
+          values.resize(present.size());
+        }
       }
       const float* p = pred + row * 4;
       const XYXY pb = to_xyxy(p);
       const float* cls = table + row * num_classes;
       const int64_t* lab = labels + b * m;
+      if (focal && has_class) {
+        for (size_t u = 0; u < present.size(); ++u) values[u] = w_class * focal_of(cls[present[u]], alpha, gamma);
+        cls = values.data();
+        lab = slot.data();
+      }
       const float* t = target + b * m * 4;
       float* o = out + row * m;
       for (int64_t j = 0; j < m; ++j) {
