@@ -151,10 +151,7 @@ def test_falls_back_where_the_native_pass_does_not_apply() -> None:
     targets = {"labels": torch.tensor([[0]]), "boxes": torch.full((1, 1, 4), 0.5)}
     focal_l1 = FocalClassCost() + L1BoxCost()
     assert _fused.fused_cost(focal_l1.terms, outputs, targets) is not None
-    # Non-finite boxes: the torch path's NaN rows; autograd wanted; other cost terms.
-    bad = dict(outputs, pred_boxes=torch.tensor([[[0.5, 0.5, math.inf, 0.1], [0.5] * 4]]))
-    assert _fused.fused_cost(focal_l1.terms, bad, targets) is None
-    assert torch.isnan(focal_l1(bad, targets)[0, 0]).all()
+    # Autograd wanted; other cost terms.
     grad = dict(outputs, pred_boxes=outputs["pred_boxes"].clone().requires_grad_())
     assert _fused.fused_cost(focal_l1.terms, grad, targets) is None
     assert _fused.fused_cost((L1BoxCost() + L1BoxCost()).terms, outputs, targets) is None
@@ -199,3 +196,40 @@ def test_hungarian_fused_equals_torch_path_indices() -> None:
     for (r1, c1), (r2, c2) in zip(fused, plain):
         assert torch.equal(r1, r2) and torch.equal(c1, c2)
     assert pad_targets(targets).num_targets_list == [0, 7, 30]
+
+
+def test_two_class_terms_and_non_finite_logits_take_the_table_path() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 30, 6, generator=generator) * 3
+    logits[1, 4, 2] = math.nan
+    outputs = {"pred_logits": logits, "pred_boxes": torch.rand(2, 30, 4, generator=generator)}
+    targets = {"labels": torch.randint(0, 5, (2, 40), generator=generator), "boxes": torch.rand(2, 40, 4, generator=generator)}
+    for cost in (
+        CostSum([(2.0, FocalClassCost()), (1.5, SoftmaxClassCost()), (5.0, L1BoxCost()), (2.0, GIoUCost())]),
+        make_cost("focal", 2.0, 5.0, 2.0),
+    ):
+        fused, plain = fused_and_torch(cost, outputs, targets)
+        assert torch.isnan(fused[1, 4]).all() and not torch.isnan(fused[0]).any()
+        torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5, equal_nan=True)
+    # Against float64 math, away from the NaN row.
+    expected = reference(logits[:1].numpy(), targets["labels"][:1].numpy(), outputs["pred_boxes"][:1].numpy(),
+                         targets["boxes"][:1].numpy(), 2.0, 5.0, 2.0, "focal")
+    np.testing.assert_allclose(fused[:1].numpy(), expected, rtol=0, atol=1e-4)
+
+
+def test_non_finite_boxes_give_nan_rows_and_columns_as_the_torch_path() -> None:
+    generator = torch.Generator().manual_seed(8)
+    pred = torch.rand(2, 9, 4, generator=generator)
+    boxes = torch.rand(2, 5, 4, generator=generator)
+    pred[0, 3, 2] = math.inf
+    boxes[1, 2, 0] = math.nan
+    logits = torch.randn(2, 9, 4, generator=generator)
+    logits[1, 6, 0] = -math.inf
+    outputs = {"pred_logits": logits, "pred_boxes": pred}
+    targets = {"labels": torch.randint(0, 3, (2, 5), generator=generator), "boxes": boxes}
+    for kind in ("focal", "softmax"):
+        fused, plain = fused_and_torch(make_cost(kind, 2.0, 5.0, 2.0), outputs, targets)
+        assert torch.equal(torch.isnan(fused), torch.isnan(plain))
+        assert torch.isnan(fused[0, 3]).all() and torch.isnan(fused[1, :, 2]).all() and torch.isnan(fused[1, 6]).all()
+        assert torch.isnan(fused).sum() == 5 + 9 + 4
+        torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5, equal_nan=True)

@@ -8,9 +8,9 @@ on CPU tensors: the weighted class cost of every query and class is a small ``(B
 table made here with the class costs' own formula; the extension gathers it by label and
 adds the box terms pair by pair in float32, with no ``(B, N, M, 4)`` intermediates.
 
-It applies only where the result equals the torch path (within float32 rounding): CPU
-tensors, finite boxes, no autograd graph wanted; otherwise :func:`fused_cost` returns
-None and the sum is computed term by term.
+It applies only where the result equals the torch path (within float32 rounding, NaN in
+the rows and columns of non-finite inputs as there): CPU tensors, no autograd graph
+wanted; otherwise :func:`fused_cost` returns None and the sum is computed term by term.
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ def fused_cost(terms: tuple[tuple[float, Any], ...], outputs: Mapping[str, Tenso
         return None
     pred = pred.float().contiguous()
     target = target.float().contiguous()
-    if not (bool(torch.isfinite(pred).all()) and bool(torch.isfinite(target).all())):
-        return None  # the torch path puts NaN in those rows and columns
 
     batch, queries, count = pred.shape[0], pred.shape[1], target.shape[1]
     if batch * queries * count == 0:
@@ -96,10 +94,9 @@ def fused_cost(terms: tuple[tuple[float, Any], ...], outputs: Mapping[str, Tenso
         if focal:
             weight, cost = class_terms[0]
             logits = outputs[cost.key].float().contiguous()
-            if bool(torch.isfinite(logits).all()):  # else the table path keeps the NaN rows
-                labels = labels.to(torch.int64).clamp(0, num_classes - 1).contiguous()
-                return _run(module, logits, labels, pred, target, l1_weight, giou_weight, True,
-                            (True, cost.alpha, cost.gamma, float(weight)))
+            labels = labels.to(torch.int64).clamp(0, num_classes - 1).contiguous()
+            return _run(module, logits, labels, pred, target, l1_weight, giou_weight, True,
+                        (True, cost.alpha, cost.gamma, float(weight)))
         # The classes present (over the batch): the table needs only their columns.
         clamped = labels.to(torch.int64).clamp(0, num_classes - 1)
         present, inverse = torch.unique(clamped, return_inverse=True)

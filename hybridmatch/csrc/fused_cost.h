@@ -7,13 +7,15 @@
 // by the caller with the same formula as the pairwise class costs, so this is a gather),
 // p = pred[b, n] and t = target[b, m] are cxcywh boxes. The GIoU follows
 // hybridmatch/boxes.py (_overlaps, _giou): clamped widths, 0 where a ratio's denominator
-// is not positive, the empty part clamped at 0. Boxes must be finite (the caller checks).
+// is not positive, the empty part clamped at 0. Non-finite boxes (and focal logits) give NaN
+// in their rows and columns, as the torch path's nan_where_nonfinite.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -73,6 +75,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
   const int64_t rows = batch * n;
   auto run = [&](int64_t begin, int64_t end) {
     std::vector<XYXY> tboxes(static_cast<size_t>(m));
+    std::vector<uint8_t> tbad(static_cast<size_t>(m));
     std::vector<int64_t> present, slot(static_cast<size_t>(m)), where;
     std::vector<float> values;
     int64_t current = -1;
@@ -80,7 +83,11 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
       const int64_t b = row / n;
       if (b != current) {
         current = b;
-        for (int64_t j = 0; j < m; ++j) tboxes[j] = to_xyxy(target + (b * m + j) * 4);
+        for (int64_t j = 0; j < m; ++j) {
+          const float* tj = target + (b * m + j) * 4;
+          tboxes[j] = to_xyxy(tj);
+          tbad[j] = !(std::isfinite(tj[0]) && std::isfinite(tj[1]) && std::isfinite(tj[2]) && std::isfinite(tj[3]));
+        }
         if (focal && has_class) {
           present.clear();
           where.assign(static_cast<size_t>(num_classes), -1);
@@ -99,6 +106,16 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
       const XYXY pb = to_xyxy(p);
       const float* cls = table + row * num_classes;
       const int64_t* lab = labels + b * m;
+      // As nan_where_nonfinite: NaN in the rows of non-finite predictions (boxes, focal
+      // logits) and the columns of non-finite target boxes.
+      bool row_bad = !(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(p[3]));
+      if (focal && has_class) {
+        for (int64_t c = 0; c < num_classes && !row_bad; ++c) row_bad = !std::isfinite(cls[c]);
+      }
+      if (row_bad) {
+        std::fill(out + row * m, out + (row + 1) * m, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
       if (focal && has_class) {
         for (size_t u = 0; u < present.size(); ++u) values[u] = w_class * focal_of(cls[present[u]], alpha, gamma);
         cls = values.data();
@@ -115,7 +132,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
           total = total + w_l1 * l1;
         }
         if (has_giou) total = total + w_giou * neg_giou(pb, tboxes[j]);
-        o[j] = total;
+        o[j] = tbad[j] ? std::numeric_limits<float>::quiet_NaN() : total;
       }
     }
   };
