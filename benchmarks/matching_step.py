@@ -27,8 +27,9 @@ objects per image, this script times:
 - the *split* of one call of each kind (``--no-split`` skips it): hybridmatch's cost and
   solve, the official-style cost and solve, and the one-to-many problem solved on K copies
   of hybridmatch's cost by scipy and by lap, image by image;
-- the *peak extra memory* of one step (``--no-memory`` skips it): in a fresh process per
-  setting, the growth of the peak resident set while one step runs, inputs already built.
+- the *peak extra memory* of one step (``--no-memory`` skips it; Linux only): in a fresh
+  process per setting, the peak resident set while one step runs (reset through
+  ``/proc/self/clear_refs`` once the inputs are built) minus the resident set before it.
 
 The official-style loop at batch 16 and many objects builds a ``(B*N, sum K*M)`` matrix
 (24000 x 43200 at 300 objects): settings above ``--official-max-pairs`` of it are skipped and
@@ -230,9 +231,14 @@ def measure_split(batch: int, objects: int, repeat: int, official: bool) -> dict
     return split
 
 
-def _peak_child(kind: str, threads: int, batch: int, objects: int, queue) -> None:  # type: ignore[no-untyped-def]
-    import resource
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
+
+def _peak_child(kind: str, threads: int, batch: int, objects: int, queue) -> None:  # type: ignore[no-untyped-def]
     torch.set_num_threads(threads)
     o2o_inputs = [make_inputs(100 * i + objects, batch, 300, objects) for i in range(CALLS)]
     o2m_inputs = [make_inputs(100 * i + objects + 7, batch, 1500, objects) for i in range(CALLS)]
@@ -244,13 +250,14 @@ def _peak_child(kind: str, threads: int, batch: int, objects: int, queue) -> Non
     # Warm-up on a smaller copy: libraries and thread pools loaded, not counted.
     small = make_inputs(1, 1, 20, 2)
     one2one(*small)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux: "5" to clear_refs resets the peak resident set (VmHWM) to the current one.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
     for outputs, targets in o2o_inputs:
         one2one(outputs, targets)
     for outputs, targets in o2m_inputs:
         one2many(outputs, targets)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) / 1024.0)  # KiB -> MiB (Linux)
+    queue.put((_status_kib("VmHWM") - before) / 1024.0)  # KiB -> MiB
 
 
 def peak_extra_mib(kind: str, threads: int, batch: int, objects: int) -> float | None:
@@ -261,7 +268,7 @@ def peak_extra_mib(kind: str, threads: int, batch: int, objects: int) -> float |
     process = context.Process(target=_peak_child, args=(kind, threads, batch, objects, queue))
     process.start()
     process.join()
-    return queue.get() if process.exitcode == 0 and not queue.empty() else None
+    return queue.get() if process.exitcode == 0 and not queue.empty() else None  # None: not on Linux
 
 
 _OFFICIAL_MAX_PAIRS = [100_000_000]
