@@ -194,6 +194,12 @@ class CostSum(Cost):
             cost.check(outputs, targets)
 
     def compute(self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared) -> Tensor:
+        # Class + L1 + GIoU sums (detr_cost) on CPU tensors: one native pass (costs/_fused.py).
+        from ._fused import fused_cost
+
+        fused = fused_cost(self.terms, outputs, targets)
+        if fused is not None:
+            return fused
         (first_weight, first_cost), *rest = self.terms
         total = first_weight * first_cost.compute(outputs, targets, shared)
         for weight, cost in rest:

@@ -251,3 +251,22 @@ def _check_class_inputs(function: str, logits: Tensor, labels: Tensor) -> tuple[
 def _check_focal_settings(alpha: float, gamma: float) -> None:
     check_probability(alpha, "alpha", where="focal cost")
     check_real(gamma, "gamma", minimum=0.0, where="focal cost")
+
+
+def focal_class_table(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """:func:`focal_class_cost` of every query and *class*: ``Tensor[B, N, C]`` float32.
+
+    The same formula, elementwise, before the gather by label: gathering this table at
+    ``labels`` gives :func:`focal_class_cost`. The fused detection cost reads it.
+    """
+    logits = logits.float()
+    p = logits.sigmoid()
+    one_minus_p = (-logits).sigmoid()
+    pos = alpha * one_minus_p.pow(gamma) * -(p + _FOCAL_EPS).log()
+    neg = (1.0 - alpha) * p.pow(gamma) * -(one_minus_p + _FOCAL_EPS).log()
+    return nan_where_nonfinite(pos - neg, logits)
+
+
+def softmax_class_table(logits: Tensor) -> Tensor:
+    """:func:`softmax_class_cost` of every query and class: ``Tensor[B, N, C]`` float32."""
+    return nan_where_nonfinite(-logits.float().softmax(dim=-1), logits)

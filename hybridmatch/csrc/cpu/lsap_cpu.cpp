@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "../fused_cost.h"
 #include "../lsap_core.h"
 
 namespace nb = nanobind;
@@ -177,7 +178,13 @@ void solve_batch(Cost cost, Counts num_targets, int64_t capacity, bool maximize,
     if (counts[b] < 0 || counts[b] > m)
       throw std::invalid_argument("num_targets[" + std::to_string(b) + "] is outside [0, M]");
   }
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, batch));
+  // Threading by problem size: a thread costs tens of microseconds to start, about what
+  // 20k (query, target copy) pairs take to solve, so small batches run on this thread
+  // alone and 2 threads are never slower than 1.
+  int64_t units = 0;
+  for (int64_t b = 0; b < batch; ++b) units += n * std::max<int64_t>(counts[b], 1) * capacity;
+  const int64_t by_size = std::max<int64_t>(1, units / 20000);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>({num_threads, batch, by_size}));
   const nb::dlpack::dtype dtype = cost.dtype();
   if (dtype == nb::dtype<float>()) {
     solve_all(static_cast<const float*>(cost.data()), counts, batch, n, m, capacity, maximize, workers,
@@ -188,6 +195,45 @@ void solve_batch(Cost cost, Counts num_targets, int64_t capacity, bool maximize,
   } else {
     throw std::invalid_argument("cost must be float32 or float64");
   }
+}
+
+using Table = nb::ndarray<nb::ro, const float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+using Labels = nb::ndarray<nb::ro, const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Boxes = nb::ndarray<nb::ro, const float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+using Out = nb::ndarray<float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+
+// table (B, N, C) float32, weighted class cost per query and class (focal: the raw
+// logits, finite, and the class term w_class * focal(alpha, gamma) computed here); labels (B, M) int64
+// in [0, C) (clamped by the caller); pred (B, N, 4) and target (B, M, 4) float32 cxcywh,
+// finite; out (B, N, M) float32, written here (see csrc/fused_cost.h).
+void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, double w_l1, double w_giou,
+                          bool has_class, bool has_l1, bool has_giou, bool focal, double alpha, double gamma,
+                          double w_class, int64_t num_threads, Out out) {
+  const int64_t batch = pred.shape(0), n = pred.shape(1), m = target.shape(1);
+  if (pred.shape(2) != 4 || target.shape(2) != 4 || static_cast<int64_t>(target.shape(0)) != batch)
+    throw std::invalid_argument("pred and target must be (B, N, 4) and (B, M, 4)");
+  if (static_cast<int64_t>(out.shape(0)) != batch || static_cast<int64_t>(out.shape(1)) != n ||
+      static_cast<int64_t>(out.shape(2)) != m)
+    throw std::invalid_argument("out must be (B, N, M)");
+  const int64_t num_classes = table.shape(2);
+  if (has_class) {
+    if (static_cast<int64_t>(table.shape(0)) != batch || static_cast<int64_t>(table.shape(1)) != n ||
+        num_classes < 1)
+      throw std::invalid_argument("table must be (B, N, C) with C >= 1");
+    if (static_cast<int64_t>(labels.shape(0)) != batch || static_cast<int64_t>(labels.shape(1)) != m)
+      throw std::invalid_argument("labels must be (B, M)");
+    const int64_t* lab = labels.data();
+    for (int64_t i = 0; i < batch * m; ++i) {
+      if (lab[i] < 0 || lab[i] >= num_classes) throw std::invalid_argument("labels must lie in [0, C)");
+    }
+  }
+  // A thread is worth starting for about 50k pairs (tens of microseconds of work).
+  const int64_t pairs = batch * n * m;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, pairs / 50000));
+  fused_cost_all(table.data(), num_classes, labels.data(), pred.data(), target.data(), batch, n, m,
+                 static_cast<float>(w_l1), static_cast<float>(w_giou), has_class, has_l1, has_giou, focal,
+                 static_cast<float>(alpha), static_cast<float>(gamma), static_cast<float>(w_class), workers,
+                 out.data());
 }
 
 }  // namespace
@@ -208,4 +254,10 @@ NB_MODULE(_lsap, m) {
         nb::arg("maximize"), nb::arg("num_threads"), nb::arg("assignment"), nb::arg("status"),
         nb::call_guard<nb::gil_scoped_release>(),
         "Solve a (B, N, M) batch into assignment (B, N) and status (B, 3), threads over the batch.");
+  m.def("fused_detection_cost", &hybridmatch::fused_detection_cost, nb::arg("table"), nb::arg("labels"),
+        nb::arg("pred"), nb::arg("target"), nb::arg("w_l1"), nb::arg("w_giou"), nb::arg("has_class"),
+        nb::arg("has_l1"), nb::arg("has_giou"), nb::arg("focal"), nb::arg("alpha"), nb::arg("gamma"),
+        nb::arg("w_class"), nb::arg("num_threads"), nb::arg("out"),
+        nb::call_guard<nb::gil_scoped_release>(),
+        "Class gather + weighted L1 + weighted -GIoU of every (query, target) pair into out (B, N, M).");
 }
