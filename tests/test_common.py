@@ -26,6 +26,8 @@ from examples.common import (
     train_step,
     training_parser,
 )
+from examples.common.data import make_loader
+from examples.common.distributed import DistInfo
 
 # ------------------------------------------------------------------ a tiny task
 
@@ -339,3 +341,21 @@ def test_coco_splits_knows_both_layouts_and_names_a_missing_file(tmp_path: Path)
     assert paths["val"] == (tmp_path / "val", tmp_path / "annotations" / "instances_val.json")
     with pytest.raises(FileNotFoundError, match=r"person_keypoints_train2017\.json \(--data coco"):
         coco_splits("coco", tmp_path, info, prefix="person_keypoints")
+
+
+def test_an_evaluation_loader_leaves_the_global_generator_alone() -> None:
+    # Training augmentations draw from torch's global generator; a validation pass in between
+    # must not move it, or how often a run evaluates would change what it trains on.
+    data = TensorDataset(torch.arange(6.0))
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    evaluation = make_loader(data, 2, info, train=False, seed=0, collate_fn=list)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for _ in range(2):
+        assert len(list(evaluation)) == 3
+    assert torch.equal(torch.rand(3), expected)
+    training = make_loader(data, 2, info, train=True, seed=0, collate_fn=list)
+    torch.manual_seed(123)
+    list(training)
+    assert not torch.equal(torch.rand(3), expected)  # the check can fail: a training iterator draws

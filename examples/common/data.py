@@ -56,15 +56,21 @@ def make_loader(dataset: Any, batch_size: int, info: DistInfo, *, train: bool, s
         dataset: the data set (a map-style one).
         batch_size: samples per process.
         info: this process's rank and device (:func:`examples.common.init_distributed`).
-        train: shuffle (training) or keep the order (evaluation).
+        train: shuffle (training) or keep the order (evaluation; such a loader draws no
+            numbers from torch's global generator, so evaluating cannot change training).
         seed: the sampler's seed.
         collate_fn: the task's batcher, e.g. :func:`examples.detection.data.collate_fn`.
         num_workers: loader worker processes.
     """
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train,
                                  seed=seed, drop_last=train and info.distributed)
+    # Each iterator of a loader draws its base seed from the loader's generator, by default
+    # torch's global one. An evaluation loader gets a generator of its own, so that how often
+    # a run evaluates cannot shift the random numbers its training draws.
+    generator = None if train else torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=num_workers, drop_last=False, pin_memory=info.device.type == "cuda")
+                      num_workers=num_workers, drop_last=False, pin_memory=info.device.type == "cuda",
+                      generator=generator)
 
 
 def split_ready(annotation_file: str | Path, *, count: int, size: tuple[int, int], num_categories: int | None = None,
