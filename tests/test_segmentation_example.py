@@ -176,6 +176,7 @@ def test_tiny_model_forward_backward(scheme: str) -> None:
     assert ("pred_masks_one2many" in outputs) == (scheme == "branch")
     losses = criterion(outputs, targets)
     assert set(losses) == set(weights)
+    assert set(losses) <= set(criterion.weight_dict)  # DETR's loss line in client code weights them all
     total = total_loss(losses, weights)
     assert torch.isfinite(total)
     total.backward()

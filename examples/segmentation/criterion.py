@@ -139,6 +139,7 @@ class MaskSetCriterion(SetCriterion):
         num_points (int): ``P``, matching points per image.
         num_loss_points (int): ``P'``, loss points per matched pair.
         oversample_ratio, importance_sample_ratio (float): Mask2Former's 3 and 0.75.
+        weight_dict (dict[str, float]): the loss weights (:func:`layer_weights` per layer).
     """
 
     output_keys = ("pred_logits", "pred_boxes", "pred_masks")
@@ -146,7 +147,8 @@ class MaskSetCriterion(SetCriterion):
     def __init__(self, num_classes: int, *, cost_class: float = 2.0, cost_mask: float = 5.0,
                  cost_dice: float = 5.0, cost_bbox: float = 0.0, cost_giou: float = 0.0,
                  box_loss: bool = True, num_points: int = 256, num_loss_points: int = 256,
-                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75) -> None:
+                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
+                 weight_dict: Mapping[str, float] | None = None) -> None:
         cost: Any = cost_class * FocalClassCost() + cost_mask * PointBCECost() + cost_dice * PointDiceCost()
         if cost_bbox:
             cost = cost + cost_bbox * L1BoxCost()
@@ -154,7 +156,7 @@ class MaskSetCriterion(SetCriterion):
             cost = cost + cost_giou * GIoUCost()
         # The encoder proposals have no masks: matched on class and boxes.
         super().__init__(num_classes, Matcher(cost, Hungarian()),
-                         encoder_matcher=hybridmatch.HungarianMatcher(2.0, 5.0, 2.0))
+                         encoder_matcher=hybridmatch.HungarianMatcher(2.0, 5.0, 2.0), weight_dict=weight_dict)
         self.match_boxes = bool(cost_bbox or cost_giou)
         self.box_loss = box_loss
         self.num_points = num_points
@@ -271,9 +273,10 @@ def build_criterion(scheme: str, cfg: Any, *, copy_masks: bool = False, num_poin
     Returns:
         ``(criterion, scheme_object, weight_dict)``.
     """
-    base = MaskSetCriterion(cfg.num_classes, num_points=num_points, num_loss_points=num_points, box_loss=box_loss)
     weight_dict = layer_weight_dict(layer_weights(box_loss=box_loss), cfg.dec_layers,
                                     encoder=ENCODER_WEIGHTS if cfg.two_stage else None)
+    base = MaskSetCriterion(cfg.num_classes, num_points=num_points, num_loss_points=num_points, box_loss=box_loss,
+                            weight_dict=weight_dict)
     return hybrid_criterion(base, scheme_for(scheme, cfg, **settings), weight_dict,
                             one2many_matcher=None if copy_masks else "derive",
                             per_object_keys=["boxes", "masks"] if copy_masks else ["boxes"])
