@@ -542,6 +542,7 @@ def main(spec: Comparison, argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = options.output_dir
     out.mkdir(parents=True, exist_ok=True)
     per_image = prepare_data(spec.task, _train_argv(spec, options, spec.schemes[0], options.seeds[0]))
+    print(f"== {spec.title(options)}", file=sys.stderr, flush=True)
     print(f"== {len(options.seeds)} seeds x ({', '.join(spec.schemes)}), {options.epochs} epochs of "
           f"{options.train_images} images ({per_image:.1f} objects per image); {options.workers} parallel runs of "
           f"1 thread; a progress line at least every {options.progress_every:g}s", file=sys.stderr, flush=True)

@@ -34,7 +34,26 @@ from .config import ModelConfig
 from .criterion import SCHEMES
 from .data import collate_fn
 
-__all__ = ["COMPARISON", "TASK", "DetectionComparison", "DetectionTask", "config_for_scheme", "model_config"]
+__all__ = ["COMPARISON", "TASK", "TINY_STRIDES", "DetectionComparison", "DetectionTask", "config_for_scheme",
+           "encoder_positions", "model_config"]
+
+#: Strides of the tiny backbone's two feature maps, the encoder's levels.
+TINY_STRIDES = (8, 16)
+
+
+def encoder_positions(side: int, strides: tuple[int, ...] = TINY_STRIDES) -> int:
+    """Encoder positions of a ``side`` x ``side`` image: one two-stage proposal per position of
+    each level, ``sum(ceil(side / stride) ** 2)``.
+
+    Two-stage selection takes every query's reference box from a distinct position, so a run
+    needs several positions per query (H-DETR: about 11); with fewer positions than queries
+    the selection repeats proposals.
+
+    Example:
+        >>> encoder_positions(128), encoder_positions(64)
+        (320, 80)
+    """
+    return sum((-(-side // stride)) ** 2 for stride in strides)
 
 
 def model_config(args: argparse.Namespace, num_classes: int, *,
