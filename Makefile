@@ -21,7 +21,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo pose-demo segmentation-demo match-demo test bench docs clean gpu-check gpu-wheels
 
-NATIVE_SOURCES := CMakeLists.txt $(wildcard hybridmatch/csrc/*.h hybridmatch/csrc/*/*.cpp hybridmatch/csrc/*/*.cu)
+NATIVE_SOURCES := CMakeLists.txt $(wildcard hybridmatch/csrc/*.h hybridmatch/csrc/*/*.h hybridmatch/csrc/*/*.cpp hybridmatch/csrc/*/*.cu)
 
 $(BIN)/.installed: pyproject.toml Makefile $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)

@@ -36,30 +36,89 @@ inline XYXY to_xyxy(const float* box) {
   return r;
 }
 
-inline float neg_giou(const XYXY& a, const XYXY& b) {
-  const float iw = std::max(std::min(a.x1, b.x1) - std::max(a.x0, b.x0), 0.0f);
-  const float ih = std::max(std::min(a.y1, b.y1) - std::max(a.y0, b.y0), 0.0f);
-  const float inter = iw * ih;
-  const float uni = a.area + b.area - inter;
-  const float iou = uni > 0.0f ? inter / uni : 0.0f;
-  const float ew = std::max(std::max(a.x1, b.x1) - std::min(a.x0, b.x0), 0.0f);
-  const float eh = std::max(std::max(a.y1, b.y1) - std::min(a.y0, b.y0), 0.0f);
-  const float enclosing = ew * eh;
-  const float empty = std::max(enclosing - uni, 0.0f);
-  const float penalty = enclosing > 0.0f ? empty / enclosing : 0.0f;
-  return -(iou - penalty);
-}
-
 // The focal class cost of one logit, as hybridmatch/costs/classes.py's focal_class_cost:
 // 1 - p evaluated as sigmoid(-logit).
 inline float focal_of(float logit, float alpha, float gamma) {
-  const float p = 1.0f / (1.0f + std::exp(-logit));
-  const float q = 1.0f / (1.0f + std::exp(logit));
+  // One exponential: e = exp(-|logit|) <= 1 gives the larger of p, q as 1 / (1 + e) and
+  // the smaller as e times it (no overflow at either end).
+  const float e = std::exp(-std::fabs(logit));
+  const float large = 1.0f / (1.0f + e), small = e * large;
+  const float p = logit >= 0.0f ? large : small;
+  const float q = logit >= 0.0f ? small : large;
   const float qg = gamma == 2.0f ? q * q : std::pow(q, gamma);
   const float pg = gamma == 2.0f ? p * p : std::pow(p, gamma);
-  const float pos = alpha * qg * -std::log(p + 1e-8f);
-  const float neg = (1.0f - alpha) * pg * -std::log(q + 1e-8f);
+  // log(large + 1e-8) = log(large) to float precision (large >= 1/2), and while the
+  // smaller probability is well above 1e-8, log(small + 1e-8) = log(large) - |logit|
+  // up to 1e-8 / small (< 3e-7 for small > 0.04, |logit| < 3.2): one logarithm.
+  const float log_large = std::log(large + 1e-8f);
+  const float log_small = small > 0.04f ? log_large - std::fabs(logit) : std::log(small + 1e-8f);
+  const float log_p = logit >= 0.0f ? log_large : log_small;
+  const float log_q = logit >= 0.0f ? log_small : log_large;
+  const float pos = alpha * qg * -log_p;
+  const float neg = (1.0f - alpha) * pg * -log_q;
   return pos - neg;
+}
+
+// The target boxes of one image, one array per coordinate, so that the loop over the
+// targets of a query runs on SIMD lanes.
+struct TargetColumns {
+  std::vector<float> cx, cy, w, h, x0, y0, x1, y1, area;
+  bool any_bad = false;
+  std::vector<uint8_t> bad;
+
+  void load(const float* boxes, int64_t m) {
+    for (auto* v : {&cx, &cy, &w, &h, &x0, &y0, &x1, &y1, &area}) v->resize(static_cast<size_t>(m));
+    bad.resize(static_cast<size_t>(m));
+    any_bad = false;
+    for (int64_t j = 0; j < m; ++j) {
+      const float* t = boxes + j * 4;
+      const XYXY r = to_xyxy(t);
+      cx[j] = t[0], cy[j] = t[1], w[j] = t[2], h[j] = t[3];
+      x0[j] = r.x0, y0[j] = r.y0, x1[j] = r.x1, y1[j] = r.y1, area[j] = r.area;
+      bad[j] = !(std::isfinite(t[0]) && std::isfinite(t[1]) && std::isfinite(t[2]) && std::isfinite(t[3]));
+      any_bad = any_bad || bad[j];
+    }
+  }
+};
+
+// o[j] += w_l1 * L1(p, t_j) and then += w_giou * -GIoU(p, t_j) for every target j: the
+// GIoU of hybridmatch/boxes.py (_overlaps, _giou), written over the columns so that the compiler vectorises it.
+template <bool kL1, bool kGiou>
+inline void add_box_terms(const float* p, const XYXY& pb, const TargetColumns& t, int64_t m, float w_l1,
+                          float w_giou, float* __restrict o) {
+  const float* __restrict cx = t.cx.data();
+  const float* __restrict cy = t.cy.data();
+  const float* __restrict tw = t.w.data();
+  const float* __restrict th = t.h.data();
+  const float* __restrict x0 = t.x0.data();
+  const float* __restrict y0 = t.y0.data();
+  const float* __restrict x1 = t.x1.data();
+  const float* __restrict y1 = t.y1.data();
+  const float* __restrict area = t.area.data();
+  for (int64_t j = 0; j < m; ++j) {
+    float total = o[j];
+    if (kL1) {
+      const float l1 = std::fabs(p[0] - cx[j]) + std::fabs(p[1] - cy[j]) + std::fabs(p[2] - tw[j]) +
+                       std::fabs(p[3] - th[j]);
+      total = total + w_l1 * l1;
+    }
+    if (kGiou) {
+      const float iw = std::max(std::min(pb.x1, x1[j]) - std::max(pb.x0, x0[j]), 0.0f);
+      const float ih = std::max(std::min(pb.y1, y1[j]) - std::max(pb.y0, y0[j]), 0.0f);
+      const float inter = iw * ih;
+      const float uni = pb.area + area[j] - inter;
+      // A select on both operands rather than around the division: the division never
+      // traps, so the compiler vectorises it (0 where the denominator is not positive).
+      const float iou = (uni > 0.0f ? inter : 0.0f) / (uni > 0.0f ? uni : 1.0f);
+      const float ew = std::max(std::max(pb.x1, x1[j]) - std::min(pb.x0, x0[j]), 0.0f);
+      const float eh = std::max(std::max(pb.y1, y1[j]) - std::min(pb.y0, y0[j]), 0.0f);
+      const float enclosing = ew * eh;
+      const float empty = std::max(enclosing - uni, 0.0f);
+      const float penalty = (enclosing > 0.0f ? empty : 0.0f) / (enclosing > 0.0f ? enclosing : 1.0f);
+      total = total + w_giou * -(iou - penalty);
+    }
+    o[j] = total;
+  }
 }
 
 // Rows (b, n) of the batch are split into contiguous chunks, one per worker; workers > 1
@@ -74,8 +133,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
                            float w_class, int64_t workers, float* out) {
   const int64_t rows = batch * n;
   auto run = [&](int64_t begin, int64_t end) {
-    std::vector<XYXY> tboxes(static_cast<size_t>(m));
-    std::vector<uint8_t> tbad(static_cast<size_t>(m));
+    TargetColumns columns;
     std::vector<int64_t> present, slot(static_cast<size_t>(m)), where;
     std::vector<float> values;
     int64_t current = -1;
@@ -83,11 +141,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
       const int64_t b = row / n;
       if (b != current) {
         current = b;
-        for (int64_t j = 0; j < m; ++j) {
-          const float* tj = target + (b * m + j) * 4;
-          tboxes[j] = to_xyxy(tj);
-          tbad[j] = !(std::isfinite(tj[0]) && std::isfinite(tj[1]) && std::isfinite(tj[2]) && std::isfinite(tj[3]));
-        }
+        columns.load(target + b * m * 4, m);
         if (focal && has_class) {
           present.clear();
           where.assign(static_cast<size_t>(num_classes), -1);
@@ -109,11 +163,14 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
       // As nan_where_nonfinite: NaN in the rows of non-finite predictions (boxes, focal
       // logits) and the columns of non-finite target boxes.
       bool row_bad = !(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(p[3]));
-      if (focal && has_class) {
-        for (int64_t c = 0; c < num_classes && !row_bad; ++c) row_bad = !std::isfinite(cls[c]);
+      if (focal && has_class && !row_bad) {
+        int bad = 0;  // a comparison per logit (false for NaN), vectorised
+        for (int64_t c = 0; c < num_classes; ++c) bad |= !(std::fabs(cls[c]) <= std::numeric_limits<float>::max());
+        row_bad = bad != 0;
       }
+      float* o = out + row * m;
       if (row_bad) {
-        std::fill(out + row * m, out + (row + 1) * m, std::numeric_limits<float>::quiet_NaN());
+        std::fill(o, o + m, std::numeric_limits<float>::quiet_NaN());
         continue;
       }
       if (focal && has_class) {
@@ -121,18 +178,22 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
         cls = values.data();
         lab = slot.data();
       }
-      const float* t = target + b * m * 4;
-      float* o = out + row * m;
-      for (int64_t j = 0; j < m; ++j) {
-        float total = has_class ? cls[lab[j]] : 0.0f;
-        if (has_l1) {
-          const float* tj = t + j * 4;
-          const float l1 = std::fabs(p[0] - tj[0]) + std::fabs(p[1] - tj[1]) + std::fabs(p[2] - tj[2]) +
-                           std::fabs(p[3] - tj[3]);
-          total = total + w_l1 * l1;
+      if (has_class) {
+        for (int64_t j = 0; j < m; ++j) o[j] = cls[lab[j]];
+      } else {
+        std::fill(o, o + m, 0.0f);
+      }
+      if (has_l1 && has_giou) {
+        add_box_terms<true, true>(p, pb, columns, m, w_l1, w_giou, o);
+      } else if (has_l1) {
+        add_box_terms<true, false>(p, pb, columns, m, w_l1, w_giou, o);
+      } else if (has_giou) {
+        add_box_terms<false, true>(p, pb, columns, m, w_l1, w_giou, o);
+      }
+      if (columns.any_bad) {
+        for (int64_t j = 0; j < m; ++j) {
+          if (columns.bad[j]) o[j] = std::numeric_limits<float>::quiet_NaN();
         }
-        if (has_giou) total = total + w_giou * neg_giou(pb, tboxes[j]);
-        o[j] = tbad[j] ? std::numeric_limits<float>::quiet_NaN() : total;
       }
     }
   };

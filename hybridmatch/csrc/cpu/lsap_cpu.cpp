@@ -1,5 +1,6 @@
-// hybridmatch CPU target: the shared algorithm (lsap_core.h) run one problem per
-// thread, with the GIL released, as a nanobind extension (hybridmatch._lsap).
+// hybridmatch CPU target: the shared algorithm (lsap_core.h, in the CPU's rendering of
+// lsap_cpu_search.h) run one problem per thread, with the GIL released, as a nanobind
+// extension (hybridmatch._lsap).
 //
 // Tensors arrive through DLPack (nanobind's ndarray), so the module does not link
 // libtorch: one build serves every torch version. The Python side
@@ -22,50 +23,18 @@
 
 #include "../fused_cost.h"
 #include "../lsap_core.h"
+#include "lsap_cpu_search.h"
 
 namespace nb = nanobind;
 
 namespace hybridmatch {
 namespace {
 
-struct CpuExec {
-  template <typename F>
-  void for_each(int32_t n, F f) {
-    for (int32_t j = 0; j < n; ++j) f(j);
-  }
-  template <typename Key, typename Free>
-  Pick argmin_cols(int32_t n, Key key, Free is_free) {
-    int32_t best = -1;
-    double lowest = kInf;
-    bool best_free = false;
-    for (int32_t j = 0; j < n; ++j) {
-      const double value = key(j);
-      if (value < lowest) {
-        lowest = value;
-        best = j;
-        best_free = is_free(j);
-      } else if (value == lowest && best >= 0 && !best_free && value < kInf && is_free(j)) {
-        best = j;
-        best_free = true;
-      }
-    }
-    return Pick{best, lowest, best_free};
-  }
-  template <typename F>
-  void once(F f) {
-    f();
-  }
-  template <typename F>
-  void on_column(int32_t, F f) {
-    f();
-  }
-  void sync() {}
-};
-
 struct Buffers {
   std::vector<double> cost, dist, v, u;
   std::vector<int32_t> pred, owner, seen, entry, assigned;
   std::vector<uint8_t> settled;
+  SearchSolver solver;
 
   Workspace reserve(int32_t rows, int32_t cols, int32_t demand) {
     dist.resize(cols);
@@ -112,8 +81,7 @@ Result solve_one(const scalar_t* cost, int64_t n, int64_t m, int64_t m_real, int
   if (status.status != kOk) return status;
   const Problem<double> p = orient(buffers.cost.data(), n, m_real, m_real, capacity, by_targets, 1.0);
   Workspace w = buffers.reserve(p.rows, p.cols, p.demand);
-  CpuExec exec;
-  if (!solve(exec, p, w)) return Result{kInfeasible, -1, -1};
+  if (!buffers.solver.solve(p, w)) return Result{kInfeasible, -1, -1};
   if (by_targets) {
     for (int64_t q = 0; q < n; ++q) out[q] = w.owner[q];
   } else {
@@ -227,9 +195,11 @@ void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, 
       if (lab[i] < 0 || lab[i] >= num_classes) throw std::invalid_argument("labels must lie in [0, C)");
     }
   }
-  // A thread is worth starting for about 50k pairs (tens of microseconds of work).
+  // A thread is worth starting for about 50k pairs (tens of microseconds of work); the
+  // focal term costs about as much per query and class present as four pairs.
   const int64_t pairs = batch * n * m;
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, pairs / 50000));
+  const int64_t work = focal && has_class ? 5 * pairs : pairs;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, work / 50000));
   fused_cost_all(table.data(), num_classes, labels.data(), pred.data(), target.data(), batch, n, m,
                  static_cast<float>(w_l1), static_cast<float>(w_giou), has_class, has_l1, has_giou, focal,
                  static_cast<float>(alpha), static_cast<float>(gamma), static_cast<float>(w_class), workers,
