@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -36,27 +37,87 @@ inline XYXY to_xyxy(const float* box) {
   return r;
 }
 
-// The focal class cost of one logit, as hybridmatch/costs/classes.py's focal_class_cost:
-// 1 - p evaluated as sigmoid(-logit).
+// exp and log in float without a library call, so that a loop over them vectorises
+// (std::exp and std::log are calls). Cephes' single-precision polynomials (range
+// reduction by powers of 2), within a few ulp of the library functions.
+inline float bits_to_float(int32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+inline int32_t float_to_bits(float value) {
+  int32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+
+// exp(x) for x <= 0 (NaN read as 0); below -87 it returns exp(-87) (about 1.6e-38,
+// which no caller tells from a smaller number).
+inline float exp_nonpositive(float x) {
+  x = x == x ? x : 0.0f;
+  x = x < -87.0f ? -87.0f : x;
+  const int32_t n = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);  // round(x / ln 2), x <= 0
+  const float k = static_cast<float>(n);
+  const float r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  return y * bits_to_float((n + 127) << 23);
+}
+
+// log(x) for a positive normal x.
+inline float log_positive(float x) {
+  const int32_t bits = float_to_bits(x);
+  int32_t exponent = ((bits >> 23) & 0xff) - 126;
+  float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
+  const bool low = m < 0.707106781186547524f;
+  exponent -= low ? 1 : 0;
+  m = (low ? m + m : m) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float e = static_cast<float>(exponent);
+  y += e * -2.12194440e-4f;
+  y += -0.5f * z;
+  return m + y + e * 0.693359375f;
+}
+
+// The focal class cost of one logit, as hybridmatch/costs/classes.py's focal_class_cost
+// (1 - p evaluated as sigmoid(-logit)): one exponential, e = exp(-|logit|) <= 1, gives
+// the larger of p, q as 1 / (1 + e) and the smaller as e times it (no overflow at either
+// end). Branch-free for gamma = 2, so that a loop of it vectorises.
 inline float focal_of(float logit, float alpha, float gamma) {
-  // One exponential: e = exp(-|logit|) <= 1 gives the larger of p, q as 1 / (1 + e) and
-  // the smaller as e times it (no overflow at either end).
-  const float e = std::exp(-std::fabs(logit));
+  const float e = exp_nonpositive(-std::fabs(logit));
   const float large = 1.0f / (1.0f + e), small = e * large;
   const float p = logit >= 0.0f ? large : small;
   const float q = logit >= 0.0f ? small : large;
   const float qg = gamma == 2.0f ? q * q : std::pow(q, gamma);
   const float pg = gamma == 2.0f ? p * p : std::pow(p, gamma);
-  // log(large + 1e-8) = log(large) to float precision (large >= 1/2), and while the
-  // smaller probability is well above 1e-8, log(small + 1e-8) = log(large) - |logit|
-  // up to 1e-8 / small (< 3e-7 for small > 0.04, |logit| < 3.2): one logarithm.
-  const float log_large = std::log(large + 1e-8f);
-  const float log_small = small > 0.04f ? log_large - std::fabs(logit) : std::log(small + 1e-8f);
-  const float log_p = logit >= 0.0f ? log_large : log_small;
-  const float log_q = logit >= 0.0f ? log_small : log_large;
-  const float pos = alpha * qg * -log_p;
-  const float neg = (1.0f - alpha) * pg * -log_q;
+  const float pos = alpha * qg * -log_positive(p + 1e-8f);
+  const float neg = (1.0f - alpha) * pg * -log_positive(q + 1e-8f);
   return pos - neg;
+}
+
+// values[i] = w_class * focal(logits[i]) for i < count; vectorised for gamma = 2.
+inline void focal_values(const float* logits, int64_t count, float alpha, float gamma, float w_class, float* values) {
+  if (gamma == 2.0f) {
+    for (int64_t i = 0; i < count; ++i) values[i] = w_class * focal_of(logits[i], alpha, 2.0f);
+  } else {
+    for (int64_t i = 0; i < count; ++i) values[i] = w_class * focal_of(logits[i], alpha, gamma);
+  }
 }
 
 // The target boxes of one image, one array per coordinate, so that the loop over the
@@ -135,12 +196,13 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
   auto run = [&](int64_t begin, int64_t end) {
     TargetColumns columns;
     std::vector<int64_t> present, slot(static_cast<size_t>(m)), where;
-    std::vector<float> values;
-    int64_t current = -1;
+    std::vector<float> gathered, values;  // focal: (rows of this image in the chunk) x (classes present)
+    int64_t current = -1, first_row = 0;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / n;
       if (b != current) {
         current = b;
+        first_row = row;
         columns.load(target + b * m * 4, m);
         if (focal && has_class) {
           present.clear();
@@ -153,7 +215,17 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
             }
             slot[j] = where[c];
           }
-          values.resize(present.size());
+          // The focal value of each (query, class present) of this image, in one loop.
+          const int64_t last = std::min(end, (b + 1) * n);
+          const int64_t width = static_cast<int64_t>(present.size());
+          gathered.resize(static_cast<size_t>((last - row) * width));
+          values.resize(gathered.size());
+          for (int64_t r = row; r < last; ++r) {
+            const float* logits = table + r * num_classes;
+            float* into = gathered.data() + (r - row) * width;
+            for (int64_t u = 0; u < width; ++u) into[u] = logits[present[u]];
+          }
+          focal_values(gathered.data(), static_cast<int64_t>(gathered.size()), alpha, gamma, w_class, values.data());
         }
       }
       const float* p = pred + row * 4;
@@ -174,8 +246,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
         continue;
       }
       if (focal && has_class) {
-        for (size_t u = 0; u < present.size(); ++u) values[u] = w_class * focal_of(cls[present[u]], alpha, gamma);
-        cls = values.data();
+        cls = values.data() + (row - first_row) * static_cast<int64_t>(present.size());
         lab = slot.data();
       }
       if (has_class) {
