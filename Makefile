@@ -1,6 +1,6 @@
 # Two entry points, each installing what it needs into .venv on first use:
 #   make demo   the main job: train a small H-Deformable-DETR on a built-in dense synthetic
-#               COCO-format set, one-to-one and with the hybrid branch, 3 seeds in parallel;
+#               COCO-format set, one-to-one and with the hybrid branch, 5 paired seeds;
 #               progress lines while it trains, then an AP table (early and end, the paired
 #               difference with its 95 % interval) and outputs/demo/demo_ap.png
 #   make test   the test suite
