@@ -83,6 +83,38 @@ def test_summarize_without_a_pair_and_its_refusals() -> None:
         summarize(_curves(), early_epoch=1, end_epochs=0)
 
 
+def test_summarize_skips_epochs_that_were_not_evaluated_and_refuses_a_missing_read() -> None:
+    curves = _curves()
+    for line in curves.values():
+        for curve in line.values():
+            curve[0] = None  # epoch 1 not evaluated: the summary reads 2 (early) and 3-4 (end)
+    s = summarize(curves, early_epoch=2, end_epochs=2, hybrid="branch o2o", baseline="one2one")
+    assert s["lines"]["one2one"]["per_epoch"][0] is None
+    assert s["lines"]["one2one"]["early"] == pytest.approx({"mean": 0.04, "min": 0.03, "max": 0.05})
+    assert s["paired"]["end"]["values"] == pytest.approx([0.015, -0.015, 0.02])
+    curves["one2one"][1][2] = None  # epoch 3 is read (the end)
+    with pytest.raises(ValueError, match=r"'one2one' seed 1 was not evaluated after epochs \[3\]"):
+        summarize(curves, early_epoch=2, end_epochs=2)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], ["--eval-epochs", "6", "10", "11", "12"]),
+    (["--epochs", "8", "--early-epoch", "7", "--end-epochs", "2"], ["--eval-epochs", "7", "8"]),
+    (["--every-epoch"], ["--eval-every", "1"]),
+])
+def test_the_runs_evaluate_only_the_epochs_the_table_reads(argv: list, expected: list) -> None:
+    from examples.detection.task import COMPARISON
+
+    options = comparison.comparison_parser(COMPARISON).parse_args(argv)
+    options.early_epoch = options.early_epoch or math.ceil(COMPARISON.early_fraction * options.epochs)
+    options.end_epochs = options.end_epochs or 3
+    train = comparison._train_argv(COMPARISON, options, "branch", 0)
+    flag = expected[0]
+    at = train.index(flag)
+    assert train[at:at + len(expected)] == expected
+    assert ("--eval-every" in train) == (flag == "--eval-every")
+
+
 def test_the_table_shows_the_numbers_in_percent_and_says_what_end_means() -> None:
     s = summarize(_curves(), early_epoch=2, end_epochs=3, hybrid="branch o2o", baseline="one2one")
     text = format_report(s, metric="COCO segm AP", val_images=80)
@@ -101,6 +133,12 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     plot_curves(summarize(_curves(), early_epoch=2), tmp_path / "ap.png", metric="COCO AP")
     assert (tmp_path / "ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sparse = _curves()
+    for line in sparse.values():
+        for curve in line.values():
+            curve[0] = None  # not evaluated: no point
+    plot_curves(summarize(sparse, early_epoch=2), tmp_path / "sparse.png", metric="COCO AP")
+    assert (tmp_path / "sparse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------ progress

@@ -192,8 +192,9 @@ def summarize(curves: Mapping[str, Mapping[int, Sequence[float]]], early_epoch: 
     """The comparison's numbers: each line early and at the end, and the paired difference.
 
     Args:
-        curves: ``{line: {seed: [AP after evaluated epoch 1, 2, ...]}}`` (fractions in [0, 1]);
-            every line and seed with the same number of epochs.
+        curves: ``{line: {seed: [AP after epoch 1, 2, ...]}}`` (fractions in [0, 1]; None
+            after an epoch that was not evaluated); every line and seed with the same number
+            of epochs, the early one and the last ``end_epochs`` evaluated.
         early_epoch: 1-based epoch of the early column.
         end_epochs: ``n``: a run's end value is the mean of its last ``n`` epochs.
         hybrid, baseline: the two lines of the paired difference (``hybrid - baseline`` per
@@ -202,13 +203,14 @@ def summarize(curves: Mapping[str, Mapping[int, Sequence[float]]], early_epoch: 
 
     Returns:
         ``{"epochs": E, "early_epoch": e, "end_epochs": n, "seeds": [...], "lines": {line:
-        {"early": spread, "end": spread, "end_per_seed": {seed: value}, "per_epoch": [spread,
-        ...]}}, "paired": {"hybrid", "baseline", "early": d, "end": d} or None}``; a spread is
-        ``{"mean", "min", "max"}`` over seeds, ``d`` a :func:`paired_difference`.
+        {"early": spread, "end": spread, "end_per_seed": {seed: value}, "per_epoch": [spread
+        or None, ...]}}, "paired": {"hybrid", "baseline", "early": d, "end": d} or None}``; a
+        spread is ``{"mean", "min", "max"}`` over seeds (None for an epoch not evaluated),
+        ``d`` a :func:`paired_difference`.
 
     Raises:
-        ValueError: no curves, curves of different lengths, ``early_epoch`` outside 1..E or
-            ``end_epochs`` outside 1..E.
+        ValueError: no curves, curves of different lengths, ``early_epoch`` outside 1..E,
+            ``end_epochs`` outside 1..E, or one of the epochs read not evaluated.
     """
     lengths = {len(c) for line in curves.values() for c in line.values()}
     if len(lengths) != 1:
@@ -219,12 +221,20 @@ def summarize(curves: Mapping[str, Mapping[int, Sequence[float]]], early_epoch: 
     if not 1 <= end_epochs <= epochs:
         raise ValueError(f"summarize: end_epochs must be in 1..{epochs}, got {end_epochs}")
     seeds = sorted({seed for line in curves.values() for seed in line})
+    read = sorted({early_epoch, *range(epochs - end_epochs + 1, epochs + 1)})
+    for name, per_seed in curves.items():
+        for seed, curve in per_seed.items():
+            missing = [epoch for epoch in read if curve[epoch - 1] is None]
+            if missing:
+                raise ValueError(f"summarize: {name!r} seed {seed} was not evaluated after epochs {missing}, "
+                                 f"which the summary reads (early {early_epoch}, the last {end_epochs})")
     lines: dict[str, Any] = {}
     for name, per_seed in curves.items():
         columns = list(zip(*per_seed.values()))
         end = {seed: sum(curve[-end_epochs:]) / end_epochs for seed, curve in per_seed.items()}
         lines[name] = {"early": _spread(columns[early_epoch - 1]), "end": _spread(list(end.values())),
-                       "end_per_seed": end, "per_epoch": [_spread(c) for c in columns]}
+                       "end_per_seed": end,
+                       "per_epoch": [None if any(v is None for v in c) else _spread(c) for c in columns]}
     paired = None
     if hybrid in curves and baseline in curves and set(curves[hybrid]) == set(curves[baseline]):
         order = sorted(curves[hybrid])
@@ -307,10 +317,10 @@ def plot_curves(summary: Mapping[str, Any], path: Path, *, title: str = "", metr
 
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     for name, row in summary["lines"].items():
-        epochs = list(range(1, len(row["per_epoch"]) + 1))
-        axis.plot(epochs, [100 * s["mean"] for s in row["per_epoch"]], marker="o", label=name)
-        axis.fill_between(epochs, [100 * s["min"] for s in row["per_epoch"]],
-                          [100 * s["max"] for s in row["per_epoch"]], alpha=0.2)
+        points = [(epoch, s) for epoch, s in enumerate(row["per_epoch"], start=1) if s is not None]
+        epochs = [epoch for epoch, _ in points]
+        axis.plot(epochs, [100 * s["mean"] for _, s in points], marker="o", label=name)
+        axis.fill_between(epochs, [100 * s["min"] for _, s in points], [100 * s["max"] for _, s in points], alpha=0.2)
     axis.axvline(summary["early_epoch"], color="grey", linestyle=":", linewidth=1)
     end = summary["epochs"]
     axis.axvspan(end - summary.get("end_epochs", 1) + 0.5, end + 0.5, color="grey", alpha=0.08)
@@ -454,6 +464,9 @@ def comparison_parser(spec: Comparison) -> argparse.ArgumentParser:
     p.add_argument("--end-epochs", type=int, default=None,
                    help="the end value of a run is its mean AP over its last N evaluated epochs (default: 3, "
                         "or every epoch of a shorter run)")
+    p.add_argument("--every-epoch", action="store_true",
+                   help="evaluate after every epoch (the whole curve); default: only the epochs the table reads "
+                        "(the early one and the last --end-epochs), which saves most of the evaluation time")
     p.add_argument("--workers", type=int, default=None,
                    help="runs in parallel, one thread each (default: one per available core, at most one per run)")
     p.add_argument("--progress-every", type=float, default=20.0,
@@ -489,8 +502,18 @@ def _train_argv(spec: Comparison, options: argparse.Namespace, scheme: str, seed
         "--synthetic-train-images", str(options.train_images), "--synthetic-val-images", str(options.val_images),
         *spec.train_argv(options, scheme),
         "--seed", str(seed), "--output-dir", str(options.output_dir / "runs" / f"{scheme}-seed{seed}"),
-        "--device", "cpu", "--eval-every", "1", "--quiet",
+        "--device", "cpu", *_eval_argv(options), "--quiet",
     ]
+
+
+def _eval_argv(options: argparse.Namespace) -> list[str]:
+    """Every epoch with ``--every-epoch``, else the epochs the table reads: the early one and
+    the last ``--end-epochs`` (evaluation has a generator of its own, so which epochs are
+    evaluated does not change the training)."""
+    if options.every_epoch:
+        return ["--eval-every", "1"]
+    read = sorted({options.early_epoch, *range(options.epochs - options.end_epochs + 1, options.epochs + 1)})
+    return ["--eval-epochs", *map(str, read)]
 
 
 def prepare_data(task: Task, argv: Sequence[str]) -> float:
@@ -531,6 +554,7 @@ def main(spec: Comparison, argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--end-epochs must be in 1..{options.epochs}, got {options.end_epochs}")
     if len(set(options.seeds)) != len(options.seeds):
         parser.error(f"--seeds must be distinct, got {options.seeds}")
+    options.early_epoch = early
     if options.progress_every <= 0:
         parser.error(f"--progress-every must be > 0 seconds, got {options.progress_every}")
     runs = [(scheme, seed) for seed in options.seeds for scheme in spec.schemes]  # longest first
@@ -557,7 +581,7 @@ def main(spec: Comparison, argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     results = run_jobs(jobs, workers=options.workers, interval=options.progress_every, emit=emit)
     histories = {(scheme, seed): results[f"{scheme} seed {seed}"] for scheme, seed in runs}
-    curves = {line.name: {seed: [r[line.key]["AP"] for r in histories[(line.scheme, seed)] if line.key in r]
+    curves = {line.name: {seed: [r[line.key]["AP"] if line.key in r else None for r in histories[(line.scheme, seed)]]
                           for seed in options.seeds} for line in spec.lines}
     summary = summarize(curves, early, end_epochs=options.end_epochs, hybrid=spec.hybrid, baseline=spec.baseline)
     seconds = time.perf_counter() - started
