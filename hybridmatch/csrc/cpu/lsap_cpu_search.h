@@ -6,9 +6,11 @@
 // `solve` in lsap_core.h, which the CUDA target and the emulation tests run. What
 // changes is only which columns a search step visits:
 //
-//   - A search keeps the list of its unsettled columns (as scipy's solver does) and
-//     visits only those; the columns a row already holds are settled from the row's
-//     own list instead of by testing every column's owner.
+//   - A search's first step is one pass over the columns (most searches end there: the
+//     row's cheapest column is free). Only a search that goes on builds the list of its
+//     unsettled columns (as scipy's solver keeps one) and then visits only those; the
+//     columns a row already holds are settled from the row's own list instead of by
+//     testing every column's owner.
 //   - Queries side (`slot_width` M > 0, column s = copy s / M of target s % M): a free
 //     slot's dual is always 0 (a search settles a free column only as its sink, at the
 //     final distance, where the dual update is 0), so the free slots of one target have
@@ -57,29 +59,6 @@ class SearchSolver {
   }
 
  private:
-  // The columns a search starts with: every column, or (queries side) every held slot
-  // and the lowest free slot of each target that has one.
-  void reset_columns() {
-    const Problem<double>& p = *p_;
-    count_ = 0;
-    if (p.slot_width == 0) {
-      for (int32_t j = 0; j < p.cols; ++j) add(j);
-      return;
-    }
-    const int32_t m = p.slot_width;
-    const int32_t copies = p.cols / m;
-    for (int32_t t = 0; t < m; ++t) {
-      for (int32_t c = 0; c < filled_[t]; ++c) add(c * m + t);
-      if (filled_[t] < copies) add(filled_[t] * m + t);
-    }
-  }
-
-  void add(int32_t j) {
-    w_->dist[j] = kInf;
-    position_[j] = count_;
-    remaining_[count_++] = j;
-  }
-
   void settle(int32_t j) {
     const int32_t at = position_[j];
     const int32_t last = remaining_[--count_];
@@ -94,18 +73,89 @@ class SearchSolver {
     return free_j != free_best ? free_j : j < best;
   }
 
+  // f(j) for every column a search starts with: every column, or (queries side) every
+  // held slot and the lowest free slot of each target that has one.
+  template <typename F>
+  void for_each_candidate(F f) const {
+    const Problem<double>& p = *p_;
+    if (p.slot_width == 0) {
+      for (int32_t j = 0; j < p.cols; ++j) f(j);
+      return;
+    }
+    const int32_t m = p.slot_width;
+    const int32_t copies = p.cols / m;
+    for (int32_t t = 0; t < m; ++t) {
+      for (int32_t c = 0; c < filled_[t]; ++c) f(c * m + t);
+      if (filled_[t] < copies) f(filled_[t] * m + t);
+    }
+  }
+
+  // The first step of a search from `start`, in one pass over the columns (most searches
+  // end here: the row's cheapest column is free). Returns the column settled, or -1.
+  int32_t first_step(int32_t start) {
+    const Problem<double>& p = *p_;
+    Workspace& w = *w_;
+    const int32_t* held = w.assigned + static_cast<int64_t>(start) * p.demand;
+    for (int32_t s = 0; s < p.demand; ++s) {  // at distance 0 (reduced cost zero)
+      const int32_t j = held[s];
+      if (j < 0) continue;
+      w.dist[j] = 0.0;
+      w.pred[j] = start;
+      done_[settled_++] = j;
+    }
+    const double base = -w.u[start];
+    const double* cost_row = p.cost + static_cast<int64_t>(start) * p.row_stride;
+    const int32_t* target = p.slot_width > 0 ? target_.data() : nullptr;
+    double* dist = w.dist;
+    const double* v = w.v;
+    int32_t* pred = w.pred;
+    const int32_t* owner = w.owner;
+    double lowest = kInf;
+    int32_t best = -1;
+    for_each_candidate([&](int32_t j) {
+      if (owner[j] == start) return;
+      const double c = target ? cost_row[target[j]] : cost_row[j];
+      const double d = base + c - v[j];
+      dist[j] = d;
+      pred[j] = start;
+      if (d < lowest) {
+        lowest = d;
+        best = j;
+      } else if (d == lowest && d < kInf && wins_tie(j, best)) {
+        best = j;
+      }
+    });
+    if (best >= 0) done_[settled_++] = best;
+    return best;
+  }
+
   bool augment(int32_t start) {
     const Problem<double>& p = *p_;
     Workspace& w = *w_;
-    reset_columns();
     settled_ = 0;
     int32_t seen = 0;
     visited_[seen++] = start;
     w.entry[start] = -1;
-    int32_t row = start;
-    double min_val = 0.0;
+    const int32_t first = first_step(start);
+    if (first < 0) return false;
+    double min_val = w.dist[first];
     int32_t sink = -1;
-    while (true) {
+    int32_t row = start;
+    if (w.owner[first] < 0) {
+      sink = first;
+    } else {
+      // The search goes on: the list of the columns not settled yet.
+      count_ = 0;
+      for_each_candidate([&](int32_t j) {
+        if (w.owner[j] == start || j == first) return;
+        position_[j] = count_;
+        remaining_[count_++] = j;
+      });
+      row = w.owner[first];
+      w.entry[row] = first;
+      visited_[seen++] = row;
+    }
+    while (sink < 0) {
       const double level = min_val;
       // The row's held columns lie at distance `level` (reduced cost zero).
       const int32_t* slots = w.assigned + static_cast<int64_t>(row) * p.demand;
