@@ -124,3 +124,15 @@ def test_matching_step_benchmark_runs_and_its_peer_is_right(tmp_path: Path) -> N
     outputs, targets = matching_step.make_inputs(3, batch=2, num_queries=50, objects=5)
     for (pred, tgt), (pred_want, tgt_want) in zip(matching_step.official_style_match(outputs, targets), HungarianMatcher()(outputs, targets)):
         assert torch.equal(pred, pred_want) and torch.equal(tgt, tgt_want)
+
+
+def test_matching_step_measures_memory_only_at_the_batches_asked(tmp_path: Path) -> None:
+    out = tmp_path / "step.json"
+    done = subprocess.run(
+        [sys.executable, str(STEP_SCRIPT), "--threads", "1", "--batches", "2", "--objects", "7", "--repeat", "1",
+         "--no-split", "--no-official", "--memory-batches", "16", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["batch"] == 2 and "peak_extra_mib" not in record  # batch 2 is not in --memory-batches 16

@@ -171,3 +171,21 @@ def test_a_coco_person_keypoints_file_reads_with_cocos_17_joints(tmp_path: Path)
     assert target["keypoints"][0, 5].tolist() == pytest.approx([10 / 40, 12 / 30, 2.0])
     assert target["keypoints"][0, 16].tolist() == pytest.approx([20 / 40, 25 / 30, 1.0])
     assert target["area"].tolist() == pytest.approx([300.0 / 1200])
+
+
+def test_the_evaluation_transform_draws_no_random_numbers() -> None:
+    # Training's augmentations read torch's global stream: an evaluation pass in between must
+    # not move it, or how often a run evaluates would change what it trains on.
+    image = torch.rand(3, 40, 60)
+    keypoints = torch.tensor([[[10.0, 12.0, 2.0]] * 9])
+    target = {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]]), "labels": torch.zeros(1, dtype=torch.long),
+              "keypoints": keypoints, "area": torch.tensor([0.05])}
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    resized, out = make_transforms(False, FIGURE, (48, 56, 64), 100)(image, {k: v.clone() for k, v in target.items()})
+    assert torch.equal(torch.rand(2), expected)
+    assert min(resized.shape[-2:]) == 64  # the largest scale
+    torch.manual_seed(7)
+    make_transforms(True, FIGURE, (48, 56, 64), 100)(image, {k: v.clone() for k, v in target.items()})
+    assert not torch.equal(torch.rand(2), expected)  # training does draw: the check can fail

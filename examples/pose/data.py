@@ -70,6 +70,8 @@ class PoseResize:
     """Resize the shorter side to one of ``sizes`` (at random), longer side at most ``max_size``.
 
     Boxes and areas as :func:`examples.detection.data.resize`; keypoints scaled by (sx, sy).
+    With one size (evaluation) nothing is drawn, so evaluating cannot move the random
+    stream that training's augmentations read.
     """
 
     def __init__(self, sizes: Sequence[int], max_size: int | None = None,
@@ -81,7 +83,10 @@ class PoseResize:
         self.generator = generator
 
     def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
-        size = self.sizes[int(torch.randint(len(self.sizes), (), generator=self.generator))]
+        if len(self.sizes) == 1:
+            size = self.sizes[0]
+        else:
+            size = self.sizes[int(torch.randint(len(self.sizes), (), generator=self.generator))]
         height, width = image.shape[-2:]
         image, target = resize(image, target, size, self.max_size)
         if "keypoints" in target:
