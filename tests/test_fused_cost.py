@@ -28,6 +28,16 @@ from hybridmatch.solvers import _native
 pytestmark = pytest.mark.skipif(_native._cpu is None, reason="needs the compiled extension")
 
 
+@pytest.fixture(autouse=True, scope="module", params=["by targets", "by queries"])
+def layout(request: pytest.FixtureRequest):
+    """Every test of this module runs twice: every image computed target by target over the
+    queries (the layout of few targets), then query by query over the targets."""
+    previous = _fused.COLUMN_MAX_TARGETS
+    _fused.COLUMN_MAX_TARGETS = 10**9 if request.param == "by targets" else 0
+    yield request.param
+    _fused.COLUMN_MAX_TARGETS = previous
+
+
 # ------------------------------------------------------------------ float64 reference, per pair
 def ref_focal(logit: float, alpha: float, gamma: float) -> float:
     p = 1.0 / (1.0 + math.exp(-logit))
@@ -144,6 +154,34 @@ def test_many_targets_use_the_class_table_and_threads_agree() -> None:
                 2.0, 5.0, 2.0, kind,
             )
             assert abs(float(one[b, i, j]) - expected[0, 0, 0]) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["focal", "softmax", "boxes only"])
+def test_both_layouts_give_the_same_bits(kind: str) -> None:
+    generator = torch.Generator().manual_seed(11)
+    outputs = {"pred_logits": torch.randn(3, 257, 91, generator=generator) * 3,
+               "pred_boxes": torch.rand(3, 257, 4, generator=generator)}
+    outputs["pred_boxes"][1, 9, 3] = math.nan
+    cost = make_cost("focal", 2.0, 5.0, 2.0) if kind == "boxes only" else make_cost(kind, 2.0, 5.0, 2.0)
+    if kind == "boxes only":
+        cost = CostSum([(5.0, L1BoxCost()), (2.0, GIoUCost())])
+    previous = _fused.COLUMN_MAX_TARGETS
+    for m in (1, 7, 23, 100):
+        targets = {"labels": torch.randint(0, 90, (3, m), generator=generator),
+                   "boxes": torch.rand(3, m, 4, generator=generator)}
+        targets["boxes"][2, m // 2, 0] = math.inf
+        results = []
+        try:
+            for column_max in (0, 10**9):
+                _fused.COLUMN_MAX_TARGETS = column_max
+                assert _fused.fused_cost(cost.terms, outputs, targets) is not None
+                results.append(cost(outputs, targets))
+        finally:
+            _fused.COLUMN_MAX_TARGETS = previous
+        by_queries, by_targets = results
+        assert torch.equal(torch.isnan(by_queries), torch.isnan(by_targets))
+        assert torch.isnan(by_queries[1, 9]).all() and torch.isnan(by_queries[2, :, m // 2]).all()
+        assert torch.equal(by_queries.nan_to_num(0.0), by_targets.nan_to_num(0.0)), f"m={m}"
 
 
 def test_falls_back_where_the_native_pass_does_not_apply() -> None:

@@ -31,6 +31,11 @@ __all__: list[str] = []
 #: Set False to force the term-by-term torch path (tests compare the two).
 ENABLED = True
 
+#: Images with at most this many targets are computed target by target over the queries
+#: (SIMD lanes of queries), the others query by query over the targets; both give the
+#: same values. Tests set it to 0 or a large number to run one layout everywhere.
+COLUMN_MAX_TARGETS = 16
+
 
 def fused_cost(terms: tuple[tuple[float, Any], ...], outputs: Mapping[str, Tensor], targets: Any) -> Tensor | None:
     """The summed cost ``Tensor[B, N, M]`` by the native pass, or None where it does not apply."""
@@ -132,7 +137,7 @@ def _run(module: Any, table: Tensor, labels: Tensor, pred: Tensor, target: Tenso
         0.0 if l1_weight is None else float(l1_weight),
         0.0 if giou_weight is None else float(giou_weight),
         has_class, l1_weight is not None, giou_weight is not None,
-        *focal, torch.get_num_threads(), out,
+        *focal, COLUMN_MAX_TARGETS, torch.get_num_threads(), out,
     )
     return out
 

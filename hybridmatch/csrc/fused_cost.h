@@ -111,8 +111,25 @@ inline float focal_of(float logit, float alpha, float gamma) {
   return pos - neg;
 }
 
+// The pass below is compiled twice where the toolchain can dispatch at load time (GCC
+// on x86-64 ELF): for x86-64-v3 (AVX2, FMA), picked on CPUs that have it, and for the
+// baseline. Its loops then run on 8 float lanes instead of 4 (the focal term about 3x
+// faster). The helpers are forced inline so that they are compiled into each version.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && \
+    !defined(HYBRIDMATCH_NO_SIMD_CLONES)
+#define HYBRIDMATCH_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HYBRIDMATCH_SIMD_CLONES
+#endif
+#if defined(__GNUC__)
+#define HYBRIDMATCH_INLINE inline __attribute__((always_inline))
+#else
+#define HYBRIDMATCH_INLINE inline
+#endif
+
 // values[i] = w_class * focal(logits[i]) for i < count; vectorised for gamma = 2.
-inline void focal_values(const float* logits, int64_t count, float alpha, float gamma, float w_class, float* values) {
+HYBRIDMATCH_INLINE void focal_values(const float* logits, int64_t count, float alpha, float gamma, float w_class,
+                                     float* values) {
   if (gamma == 2.0f) {
     for (int64_t i = 0; i < count; ++i) values[i] = w_class * focal_of(logits[i], alpha, 2.0f);
   } else {
@@ -120,18 +137,18 @@ inline void focal_values(const float* logits, int64_t count, float alpha, float 
   }
 }
 
-// The target boxes of one image, one array per coordinate, so that the loop over the
-// targets of a query runs on SIMD lanes.
-struct TargetColumns {
+// Boxes one array per coordinate (the targets of an image, or the queries of a run of
+// rows), so that a loop over them runs on SIMD lanes.
+struct BoxColumns {
   std::vector<float> cx, cy, w, h, x0, y0, x1, y1, area;
-  bool any_bad = false;
   std::vector<uint8_t> bad;
+  bool any_bad = false;
 
-  void load(const float* boxes, int64_t m) {
-    for (auto* v : {&cx, &cy, &w, &h, &x0, &y0, &x1, &y1, &area}) v->resize(static_cast<size_t>(m));
-    bad.resize(static_cast<size_t>(m));
+  HYBRIDMATCH_INLINE void load(const float* boxes, int64_t count) {
+    for (auto* v : {&cx, &cy, &w, &h, &x0, &y0, &x1, &y1, &area}) v->resize(static_cast<size_t>(count));
+    bad.resize(static_cast<size_t>(count));
     any_bad = false;
-    for (int64_t j = 0; j < m; ++j) {
+    for (int64_t j = 0; j < count; ++j) {
       const float* t = boxes + j * 4;
       const XYXY r = to_xyxy(t);
       cx[j] = t[0], cy[j] = t[1], w[j] = t[2], h[j] = t[3];
@@ -142,134 +159,248 @@ struct TargetColumns {
   }
 };
 
-// o[j] += w_l1 * L1(p, t_j) and then += w_giou * -GIoU(p, t_j) for every target j: the
-// GIoU of hybridmatch/boxes.py (_overlaps, _giou), written over the columns so that the compiler vectorises it.
+// The box terms of one pair, added to the class term `total`: w_l1 * L1(p, t) and then
+// w_giou * -GIoU(p, t), the GIoU of hybridmatch/boxes.py (_overlaps, _giou). p is the
+// query's box, t the target's; both loops below call this, so both give the same bits.
 template <bool kL1, bool kGiou>
-inline void add_box_terms(const float* p, const XYXY& pb, const TargetColumns& t, int64_t m, float w_l1,
-                          float w_giou, float* __restrict o) {
-  const float* __restrict cx = t.cx.data();
-  const float* __restrict cy = t.cy.data();
-  const float* __restrict tw = t.w.data();
-  const float* __restrict th = t.h.data();
-  const float* __restrict x0 = t.x0.data();
-  const float* __restrict y0 = t.y0.data();
-  const float* __restrict x1 = t.x1.data();
-  const float* __restrict y1 = t.y1.data();
-  const float* __restrict area = t.area.data();
+HYBRIDMATCH_INLINE float with_box_terms(float total, float pcx, float pcy, float pw, float ph, float px0,
+                                        float py0, float px1, float py1, float parea, float tcx, float tcy,
+                                        float tw, float th, float tx0, float ty0, float tx1, float ty1,
+                                        float tarea, float w_l1, float w_giou) {
+  if (kL1) {
+    const float l1 = std::fabs(pcx - tcx) + std::fabs(pcy - tcy) + std::fabs(pw - tw) + std::fabs(ph - th);
+    total = total + w_l1 * l1;
+  }
+  if (kGiou) {
+    const float iw = std::max(std::min(px1, tx1) - std::max(px0, tx0), 0.0f);
+    const float ih = std::max(std::min(py1, ty1) - std::max(py0, ty0), 0.0f);
+    const float inter = iw * ih;
+    const float uni = parea + tarea - inter;
+    // A select on both operands rather than around the division: the division never
+    // traps, so the compiler vectorises it (0 where the denominator is not positive).
+    const float iou = (uni > 0.0f ? inter : 0.0f) / (uni > 0.0f ? uni : 1.0f);
+    const float ew = std::max(std::max(px1, tx1) - std::min(px0, tx0), 0.0f);
+    const float eh = std::max(std::max(py1, ty1) - std::min(py0, ty0), 0.0f);
+    const float enclosing = ew * eh;
+    const float empty = std::max(enclosing - uni, 0.0f);
+    const float penalty = (enclosing > 0.0f ? empty : 0.0f) / (enclosing > 0.0f ? enclosing : 1.0f);
+    total = total + w_giou * -(iou - penalty);
+  }
+  return total;
+}
+
+// One query against every target j: o[j] = with_box_terms(o[j], query, target j), over SIMD lanes of targets.
+template <bool kL1, bool kGiou>
+HYBRIDMATCH_INLINE void box_terms_of_query(const float* p, const XYXY& q, const BoxColumns& t, int64_t m,
+                                           float w_l1, float w_giou, float* __restrict o) {
+  const float *__restrict cx = t.cx.data(), *__restrict cy = t.cy.data(), *__restrict tw = t.w.data(),
+                          *__restrict th = t.h.data(), *__restrict x0 = t.x0.data(), *__restrict y0 = t.y0.data(),
+                          *__restrict x1 = t.x1.data(), *__restrict y1 = t.y1.data(), *__restrict area = t.area.data();
   for (int64_t j = 0; j < m; ++j) {
-    float total = o[j];
-    if (kL1) {
-      const float l1 = std::fabs(p[0] - cx[j]) + std::fabs(p[1] - cy[j]) + std::fabs(p[2] - tw[j]) +
-                       std::fabs(p[3] - th[j]);
-      total = total + w_l1 * l1;
-    }
-    if (kGiou) {
-      const float iw = std::max(std::min(pb.x1, x1[j]) - std::max(pb.x0, x0[j]), 0.0f);
-      const float ih = std::max(std::min(pb.y1, y1[j]) - std::max(pb.y0, y0[j]), 0.0f);
-      const float inter = iw * ih;
-      const float uni = pb.area + area[j] - inter;
-      // A select on both operands rather than around the division: the division never
-      // traps, so the compiler vectorises it (0 where the denominator is not positive).
-      const float iou = (uni > 0.0f ? inter : 0.0f) / (uni > 0.0f ? uni : 1.0f);
-      const float ew = std::max(std::max(pb.x1, x1[j]) - std::min(pb.x0, x0[j]), 0.0f);
-      const float eh = std::max(std::max(pb.y1, y1[j]) - std::min(pb.y0, y0[j]), 0.0f);
-      const float enclosing = ew * eh;
-      const float empty = std::max(enclosing - uni, 0.0f);
-      const float penalty = (enclosing > 0.0f ? empty : 0.0f) / (enclosing > 0.0f ? enclosing : 1.0f);
-      total = total + w_giou * -(iou - penalty);
-    }
-    o[j] = total;
+    o[j] = with_box_terms<kL1, kGiou>(o[j], p[0], p[1], p[2], p[3], q.x0, q.y0, q.x1, q.y1, q.area, cx[j], cy[j],
+                                      tw[j], th[j], x0[j], y0[j], x1[j], y1[j], area[j], w_l1, w_giou);
   }
 }
 
-// Rows (b, n) of the batch are split into contiguous chunks, one per worker; workers > 1
-// only when the caller found the problem large enough.
-//
-// focal: table holds raw logits and the class term is w_class * focal(logit); the focal
-// value of each class present in image b is computed once per query (slot[] maps a target
-// to its class's place in that short list). Otherwise table holds the weighted class cost.
-inline void fused_cost_all(const float* table, int64_t num_classes, const int64_t* labels, const float* pred,
-                           const float* target, int64_t batch, int64_t n, int64_t m, float w_l1, float w_giou,
-                           bool has_class, bool has_l1, bool has_giou, bool focal, float alpha, float gamma,
-                           float w_class, int64_t workers, float* out) {
-  const int64_t rows = batch * n;
-  auto run = [&](int64_t begin, int64_t end) {
-    TargetColumns columns;
-    std::vector<int64_t> present, slot(static_cast<size_t>(m)), where;
-    std::vector<float> gathered, values;  // focal: (rows of this image in the chunk) x (classes present)
-    int64_t current = -1, first_row = 0;
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / n;
-      if (b != current) {
-        current = b;
-        first_row = row;
-        columns.load(target + b * m * 4, m);
-        if (focal && has_class) {
-          present.clear();
-          where.assign(static_cast<size_t>(num_classes), -1);
-          for (int64_t j = 0; j < m; ++j) {
-            const int64_t c = labels[b * m + j];
-            if (where[c] < 0) {
-              where[c] = static_cast<int64_t>(present.size());
-              present.push_back(c);
-            }
-            slot[j] = where[c];
-          }
-          // The focal value of each (query, class present) of this image, in one loop.
-          const int64_t last = std::min(end, (b + 1) * n);
-          const int64_t width = static_cast<int64_t>(present.size());
-          gathered.resize(static_cast<size_t>((last - row) * width));
-          values.resize(gathered.size());
-          for (int64_t r = row; r < last; ++r) {
-            const float* logits = table + r * num_classes;
-            float* into = gathered.data() + (r - row) * width;
-            for (int64_t u = 0; u < width; ++u) into[u] = logits[present[u]];
-          }
-          focal_values(gathered.data(), static_cast<int64_t>(gathered.size()), alpha, gamma, w_class, values.data());
-        }
-      }
-      const float* p = pred + row * 4;
-      const XYXY pb = to_xyxy(p);
-      const float* cls = table + row * num_classes;
-      const int64_t* lab = labels + b * m;
-      // As nan_where_nonfinite: NaN in the rows of non-finite predictions (boxes, focal
-      // logits) and the columns of non-finite target boxes.
-      bool row_bad = !(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(p[3]));
-      if (focal && has_class && !row_bad) {
-        int bad = 0;  // a comparison per logit (false for NaN), vectorised
-        for (int64_t c = 0; c < num_classes; ++c) bad |= !(std::fabs(cls[c]) <= std::numeric_limits<float>::max());
-        row_bad = bad != 0;
-      }
-      float* o = out + row * m;
-      if (row_bad) {
-        std::fill(o, o + m, std::numeric_limits<float>::quiet_NaN());
-        continue;
-      }
-      if (focal && has_class) {
-        cls = values.data() + (row - first_row) * static_cast<int64_t>(present.size());
-        lab = slot.data();
-      }
-      if (has_class) {
-        for (int64_t j = 0; j < m; ++j) o[j] = cls[lab[j]];
-      } else {
-        std::fill(o, o + m, 0.0f);
-      }
-      if (has_l1 && has_giou) {
-        add_box_terms<true, true>(p, pb, columns, m, w_l1, w_giou, o);
-      } else if (has_l1) {
-        add_box_terms<true, false>(p, pb, columns, m, w_l1, w_giou, o);
-      } else if (has_giou) {
-        add_box_terms<false, true>(p, pb, columns, m, w_l1, w_giou, o);
-      }
-      if (columns.any_bad) {
-        for (int64_t j = 0; j < m; ++j) {
-          if (columns.bad[j]) o[j] = std::numeric_limits<float>::quiet_NaN();
-        }
+// One target (column j of t) against every query r of q: o[r] = with_box_terms(o[r], query r, target j), over
+// SIMD lanes of queries.
+template <bool kL1, bool kGiou>
+HYBRIDMATCH_INLINE void box_terms_of_target(const BoxColumns& q, int64_t len, const BoxColumns& t, int64_t j,
+                                            float w_l1, float w_giou, float* __restrict o) {
+  const float *__restrict cx = q.cx.data(), *__restrict cy = q.cy.data(), *__restrict pw = q.w.data(),
+                          *__restrict ph = q.h.data(), *__restrict x0 = q.x0.data(), *__restrict y0 = q.y0.data(),
+                          *__restrict x1 = q.x1.data(), *__restrict y1 = q.y1.data(), *__restrict area = q.area.data();
+  const float tcx = t.cx[j], tcy = t.cy[j], tw = t.w[j], th = t.h[j], tx0 = t.x0[j], ty0 = t.y0[j], tx1 = t.x1[j],
+              ty1 = t.y1[j], tarea = t.area[j];
+  for (int64_t r = 0; r < len; ++r) {
+    o[r] = with_box_terms<kL1, kGiou>(o[r], cx[r], cy[r], pw[r], ph[r], x0[r], y0[r], x1[r], y1[r], area[r], tcx,
+                                      tcy, tw, th, tx0, ty0, tx1, ty1, tarea, w_l1, w_giou);
+  }
+}
+
+// Everything one pass reads and writes (see fused_cost_all).
+struct FusedProblem {
+  const float* table;
+  int64_t num_classes;
+  const int64_t* labels;
+  const float* pred;
+  const float* target;
+  int64_t batch, n, m;
+  float w_l1, w_giou;
+  bool has_class, has_l1, has_giou, focal;
+  float alpha, gamma, w_class;
+  int64_t column_max_targets;
+  float* out;
+};
+
+// A worker's scratch space, kept across the images of its rows.
+struct FusedScratch {
+  BoxColumns targets, queries;
+  std::vector<int64_t> present, slot, where;
+  std::vector<float> gathered, values, columns;
+  std::vector<uint8_t> row_bad;
+};
+
+// A row's focal logits must all be finite (the torch path's nan_where_nonfinite): one
+// comparison per logit (false for NaN), vectorised.
+HYBRIDMATCH_INLINE bool logits_bad(const float* logits, int64_t count) {
+  int bad = 0;
+  for (int64_t c = 0; c < count; ++c) bad |= !(std::fabs(logits[c]) <= std::numeric_limits<float>::max());
+  return bad != 0;
+}
+
+// Rows [first, last) of image b, one query at a time, each over SIMD lanes of the
+// targets: the layout for many targets.
+HYBRIDMATCH_INLINE void segment_by_rows(const FusedProblem& a, int64_t b, int64_t first, int64_t last,
+                                        FusedScratch& s) {
+  const int64_t m = a.m, num_classes = a.num_classes;
+  const bool focal = a.focal && a.has_class;
+  const int64_t width = static_cast<int64_t>(s.present.size());
+  if (focal) {  // the focal value of each (query, class present), in one loop
+    s.gathered.resize(static_cast<size_t>((last - first) * width));
+    s.values.resize(s.gathered.size());
+    for (int64_t r = first; r < last; ++r) {
+      const float* logits = a.table + r * num_classes;
+      float* into = s.gathered.data() + (r - first) * width;
+      for (int64_t u = 0; u < width; ++u) into[u] = logits[s.present[u]];
+    }
+    focal_values(s.gathered.data(), static_cast<int64_t>(s.gathered.size()), a.alpha, a.gamma, a.w_class,
+                 s.values.data());
+  }
+  for (int64_t row = first; row < last; ++row) {
+    const float* p = a.pred + row * 4;
+    const XYXY q = to_xyxy(p);
+    float* o = a.out + row * m;
+    // As nan_where_nonfinite: NaN in the rows of non-finite predictions (boxes, focal
+    // logits) and the columns of non-finite target boxes.
+    bool bad = !(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(p[3]));
+    if (focal && !bad) bad = logits_bad(a.table + row * num_classes, num_classes);
+    if (bad) {
+      std::fill(o, o + m, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    if (focal) {
+      const float* cls = s.values.data() + (row - first) * width;
+      for (int64_t j = 0; j < m; ++j) o[j] = cls[s.slot[j]];
+    } else if (a.has_class) {
+      const float* cls = a.table + row * num_classes;
+      const int64_t* lab = a.labels + b * m;
+      for (int64_t j = 0; j < m; ++j) o[j] = cls[lab[j]];
+    } else {
+      std::fill(o, o + m, 0.0f);
+    }
+    if (a.has_l1 && a.has_giou) {
+      box_terms_of_query<true, true>(p, q, s.targets, m, a.w_l1, a.w_giou, o);
+    } else if (a.has_l1) {
+      box_terms_of_query<true, false>(p, q, s.targets, m, a.w_l1, a.w_giou, o);
+    } else if (a.has_giou) {
+      box_terms_of_query<false, true>(p, q, s.targets, m, a.w_l1, a.w_giou, o);
+    }
+    if (s.targets.any_bad) {
+      for (int64_t j = 0; j < m; ++j) {
+        if (s.targets.bad[j]) o[j] = std::numeric_limits<float>::quiet_NaN();
       }
     }
-  };
+  }
+}
+
+// Rows [first, last) of image b, one target at a time, each over SIMD lanes of the
+// queries, then transposed into place: the layout for few targets (a loop over 7
+// targets would barely fill a vector).
+HYBRIDMATCH_INLINE void segment_by_columns(const FusedProblem& a, int64_t b, int64_t first, int64_t last,
+                                           FusedScratch& s) {
+  const int64_t m = a.m, num_classes = a.num_classes, len = last - first;
+  const bool focal = a.focal && a.has_class;
+  const int64_t width = static_cast<int64_t>(s.present.size());
+  s.queries.load(a.pred + first * 4, len);
+  s.row_bad.resize(static_cast<size_t>(len));
+  for (int64_t r = 0; r < len; ++r) {
+    s.row_bad[r] = s.queries.bad[r] || (focal && logits_bad(a.table + (first + r) * num_classes, num_classes));
+  }
+  if (focal) {  // the focal value of each (class present, query), in one loop
+    s.gathered.resize(static_cast<size_t>(width * len));
+    s.values.resize(s.gathered.size());
+    for (int64_t u = 0; u < width; ++u) {
+      const float* logits = a.table + first * num_classes + s.present[u];
+      float* into = s.gathered.data() + u * len;
+      for (int64_t r = 0; r < len; ++r) into[r] = logits[r * num_classes];
+    }
+    focal_values(s.gathered.data(), static_cast<int64_t>(s.gathered.size()), a.alpha, a.gamma, a.w_class,
+                 s.values.data());
+  }
+  s.columns.resize(static_cast<size_t>(m * len));
+  for (int64_t j = 0; j < m; ++j) {
+    float* o = s.columns.data() + j * len;
+    if (focal) {
+      std::copy_n(s.values.data() + s.slot[j] * len, len, o);
+    } else if (a.has_class) {
+      const float* cls = a.table + first * num_classes + a.labels[b * m + j];
+      for (int64_t r = 0; r < len; ++r) o[r] = cls[r * num_classes];
+    } else {
+      std::fill(o, o + len, 0.0f);
+    }
+    if (a.has_l1 && a.has_giou) {
+      box_terms_of_target<true, true>(s.queries, len, s.targets, j, a.w_l1, a.w_giou, o);
+    } else if (a.has_l1) {
+      box_terms_of_target<true, false>(s.queries, len, s.targets, j, a.w_l1, a.w_giou, o);
+    } else if (a.has_giou) {
+      box_terms_of_target<false, true>(s.queries, len, s.targets, j, a.w_l1, a.w_giou, o);
+    }
+    if (s.targets.bad[j]) std::fill(o, o + len, std::numeric_limits<float>::quiet_NaN());
+  }
+  const float* columns = s.columns.data();
+  for (int64_t r = 0; r < len; ++r) {
+    float* o = a.out + (first + r) * m;
+    if (s.row_bad[r]) {
+      std::fill(o, o + m, std::numeric_limits<float>::quiet_NaN());
+    } else {
+      for (int64_t j = 0; j < m; ++j) o[j] = columns[j * len + r];
+    }
+  }
+}
+
+// Rows [begin, end) of the flattened (B * N) queries, image by image.
+HYBRIDMATCH_SIMD_CLONES
+static void fused_rows(const FusedProblem& a, int64_t begin, int64_t end) {
+  FusedScratch s;
+  s.slot.resize(static_cast<size_t>(a.m));
+  for (int64_t first = begin; first < end;) {
+    const int64_t b = first / a.n;
+    const int64_t last = std::min(end, (b + 1) * a.n);
+    s.targets.load(a.target + b * a.m * 4, a.m);
+    if (a.focal && a.has_class) {  // the classes present in image b, and each target's place among them
+      s.present.clear();
+      s.where.assign(static_cast<size_t>(a.num_classes), -1);
+      for (int64_t j = 0; j < a.m; ++j) {
+        const int64_t c = a.labels[b * a.m + j];
+        if (s.where[c] < 0) {
+          s.where[c] = static_cast<int64_t>(s.present.size());
+          s.present.push_back(c);
+        }
+        s.slot[j] = s.where[c];
+      }
+    }
+    if (a.m <= a.column_max_targets) {
+      segment_by_columns(a, b, first, last, s);
+    } else {
+      segment_by_rows(a, b, first, last, s);
+    }
+    first = last;
+  }
+}
+
+// out[b, n, m] for the whole batch. Rows (b, n) are split into contiguous chunks, one per
+// worker; workers > 1 only when the caller found the problem large enough.
+//
+// focal: table holds raw logits and the class term is w_class * focal(logit), computed
+// once per query and class present in its image. Otherwise table holds the weighted
+// class cost. Images with at most column_max_targets targets are computed target by
+// target over the queries, the others query by query over the targets; both give the
+// same bits.
+inline void fused_cost_all(const FusedProblem& problem, int64_t workers) {
+  const int64_t rows = problem.batch * problem.n;
   if (workers <= 1 || rows < 2) {
-    run(0, rows);
+    fused_rows(problem, 0, rows);
     return;
   }
   std::exception_ptr failure;
@@ -278,7 +409,7 @@ inline void fused_cost_all(const float* table, int64_t num_classes, const int64_
   const int64_t chunk = (rows + workers - 1) / workers;
   auto guarded = [&](int64_t begin, int64_t end) {
     try {
-      run(begin, end);
+      fused_rows(problem, begin, end);
     } catch (...) {
       std::lock_guard<std::mutex> lock(failure_mutex);
       if (!failure) failure = std::current_exception();

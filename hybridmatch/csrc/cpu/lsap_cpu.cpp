@@ -173,10 +173,11 @@ using Out = nb::ndarray<float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 // table (B, N, C) float32, weighted class cost per query and class (focal: the raw
 // logits, finite, and the class term w_class * focal(alpha, gamma) computed here); labels (B, M) int64
 // in [0, C) (clamped by the caller); pred (B, N, 4) and target (B, M, 4) float32 cxcywh,
-// finite; out (B, N, M) float32, written here (see csrc/fused_cost.h).
+// finite; out (B, N, M) float32, written here (see csrc/fused_cost.h); images with at most
+// column_max_targets targets are computed target by target (same values).
 void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, double w_l1, double w_giou,
                           bool has_class, bool has_l1, bool has_giou, bool focal, double alpha, double gamma,
-                          double w_class, int64_t num_threads, Out out) {
+                          double w_class, int64_t column_max_targets, int64_t num_threads, Out out) {
   const int64_t batch = pred.shape(0), n = pred.shape(1), m = target.shape(1);
   if (pred.shape(2) != 4 || target.shape(2) != 4 || static_cast<int64_t>(target.shape(0)) != batch)
     throw std::invalid_argument("pred and target must be (B, N, 4) and (B, M, 4)");
@@ -200,10 +201,26 @@ void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, 
   const int64_t pairs = batch * n * m;
   const int64_t work = focal && has_class ? 5 * pairs : pairs;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, work / 50000));
-  fused_cost_all(table.data(), num_classes, labels.data(), pred.data(), target.data(), batch, n, m,
-                 static_cast<float>(w_l1), static_cast<float>(w_giou), has_class, has_l1, has_giou, focal,
-                 static_cast<float>(alpha), static_cast<float>(gamma), static_cast<float>(w_class), workers,
-                 out.data());
+  const FusedProblem problem{table.data(),
+                             num_classes,
+                             labels.data(),
+                             pred.data(),
+                             target.data(),
+                             batch,
+                             n,
+                             m,
+                             static_cast<float>(w_l1),
+                             static_cast<float>(w_giou),
+                             has_class,
+                             has_l1,
+                             has_giou,
+                             focal,
+                             static_cast<float>(alpha),
+                             static_cast<float>(gamma),
+                             static_cast<float>(w_class),
+                             column_max_targets,
+                             out.data()};
+  fused_cost_all(problem, workers);
 }
 
 }  // namespace
@@ -227,7 +244,7 @@ NB_MODULE(_lsap, m) {
   m.def("fused_detection_cost", &hybridmatch::fused_detection_cost, nb::arg("table"), nb::arg("labels"),
         nb::arg("pred"), nb::arg("target"), nb::arg("w_l1"), nb::arg("w_giou"), nb::arg("has_class"),
         nb::arg("has_l1"), nb::arg("has_giou"), nb::arg("focal"), nb::arg("alpha"), nb::arg("gamma"),
-        nb::arg("w_class"), nb::arg("num_threads"), nb::arg("out"),
+        nb::arg("w_class"), nb::arg("column_max_targets"), nb::arg("num_threads"), nb::arg("out"),
         nb::call_guard<nb::gil_scoped_release>(),
         "Class gather + weighted L1 + weighted -GIoU of every (query, target) pair into out (B, N, M).");
 }
