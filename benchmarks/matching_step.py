@@ -12,12 +12,19 @@ Usage::
 
 One step of H-DETR's hybrid branch (6 decoder layers + the two-stage encoder output) calls the
 matcher 7 times for the 300 one-to-one queries and 7 times for the 1500 one-to-many queries
-against the ground truth repeated K = 6 times. For each thread count, batch size and number of
-objects per image, this script times:
+against the ground truth repeated K = 6 times; the 7 calls of a group match 7 output dicts
+against one list of targets. For each thread count, batch size and number of objects per
+image, this script times:
 
-- ``hybridmatch``: ``HungarianMatcher()`` x 7 on 300 queries plus ``OneToManyMatcher(k=6)`` x 7 on
-  1500 queries (capacity 6, no copies), from the outputs dict and list of target dicts to DETR's
-  index pairs;
+- ``hybridmatch``: the matching ``HybridCriterion`` does in such a step, from the outputs dicts
+  and list of target dicts to DETR's index pairs: per group, the 6 decoder layers in one
+  ``match_layers`` call (one cost computation and one solver call for the 6 x B images) and
+  the encoder proposals in a call of their own (their targets differ in a real step);
+  ``HungarianMatcher()`` on 300 queries, ``OneToManyMatcher(k=6)`` on 1500 (capacity 6, no
+  copies);
+- ``hybridmatch, a call per layer``: the same matchers called 7 + 7 times, a layer at a time
+  (what a criterion of one's own that calls the matcher per layer gets without
+  ``HybridCriterion``);
 - ``official-style``: the loop of DETR / H-DETR's own matcher: one concatenated ``(B*N, sum M)``
   focal + L1 + GIoU cost, ``.cpu()``, split per image, ``scipy.optimize.linear_sum_assignment``
   per image; the one-to-many calls on targets repeated 6 times (``--no-official`` skips it);
@@ -125,16 +132,19 @@ def measure(threads: int, batch: int, objects: int, repeat: int, official: bool,
     torch.set_num_threads(threads)
     one2one = HungarianMatcher()
     one2many = OneToManyMatcher(k=K)
-    o2o_inputs = [make_inputs(100 * i + objects, batch, 300, objects) for i in range(CALLS)]
-    o2m_inputs = [make_inputs(100 * i + objects + 7, batch, 1500, objects) for i in range(CALLS)]
+    o2o_inputs, o2m_inputs = step_inputs(batch, objects)
 
     def hybridmatch_step() -> None:
+        step_as_the_criterion_does(one2one, one2many, o2o_inputs, o2m_inputs)
+
+    def per_layer_step() -> None:
         for outputs, targets in o2o_inputs:
             one2one(outputs, targets)
         for outputs, targets in o2m_inputs:
             one2many(outputs, targets)
 
-    record = {"threads": threads, "batch": batch, "objects": objects, "hybridmatch_ms": median_ms(hybridmatch_step, repeat)}
+    record = {"threads": threads, "batch": batch, "objects": objects, "hybridmatch_ms": median_ms(hybridmatch_step, repeat),
+              "per_layer_ms": median_ms(per_layer_step, repeat)}
 
     outputs, targets = o2o_inputs[0]
     padded = pad_targets(targets)
@@ -151,13 +161,13 @@ def measure(threads: int, batch: int, objects: int, repeat: int, official: bool,
     if official and not official_fits:
         record["official_skipped"] = f"one-to-many matrix of {official_pairs(batch, objects):,} entries"
     if official and official_fits:
-        repeated = [([{k: v.repeat(K, *([1] * (v.ndim - 1))) for k, v in t.items()} for t in targets]) for _, targets in o2m_inputs]
+        repeated = repeat_k(o2m_inputs[0][1])  # once per step, as H-DETR repeats its targets
 
         def official_step() -> None:
             for outputs, targets in o2o_inputs:
                 official_style_match(outputs, targets)
-            for (outputs, _), targets in zip(o2m_inputs, repeated):
-                official_style_match(outputs, targets)
+            for outputs, _ in o2m_inputs:
+                official_style_match(outputs, repeated)
 
         record["official_ms"] = median_ms(official_step, repeat)
     if split:
@@ -167,6 +177,22 @@ def measure(threads: int, batch: int, objects: int, repeat: int, official: bool,
         if official and official_fits:
             record["official_peak_extra_mib"] = peak_extra_mib("official", threads, batch, objects)
     return record
+
+
+def step_inputs(batch: int, objects: int) -> tuple[list, list]:
+    """The 7 + 7 ``(outputs, targets)`` of one step: 7 output dicts per group, one list of targets."""
+    _, targets = make_inputs(objects, batch, 300, objects)
+    o2o = [(make_inputs(100 * i + objects, batch, 300, objects)[0], targets) for i in range(CALLS)]
+    o2m = [(make_inputs(100 * i + objects + 7, batch, 1500, objects)[0], targets) for i in range(CALLS)]
+    return o2o, o2m
+
+
+def step_as_the_criterion_does(one2one, one2many, o2o_inputs: list, o2m_inputs: list) -> None:  # type: ignore[no-untyped-def]
+    """Per group: the decoder layers in one ``match_layers`` call, the encoder's proposals alone."""
+    for matcher, inputs in ((one2one, o2o_inputs), (one2many, o2m_inputs)):
+        targets = inputs[0][1]
+        matcher.match_layers([outputs for outputs, _ in inputs[:-1]], targets)
+        matcher(*inputs[-1])
 
 
 def official_cost(outputs: dict, targets: list) -> torch.Tensor:
@@ -241,23 +267,26 @@ def _status_kib(field: str) -> int:
 
 def _peak_child(kind: str, threads: int, batch: int, objects: int, queue) -> None:  # type: ignore[no-untyped-def]
     torch.set_num_threads(threads)
-    o2o_inputs = [make_inputs(100 * i + objects, batch, 300, objects) for i in range(CALLS)]
-    o2m_inputs = [make_inputs(100 * i + objects + 7, batch, 1500, objects) for i in range(CALLS)]
+    o2o_inputs, o2m_inputs = step_inputs(batch, objects)
     if kind == "official":
-        o2m_inputs = [(outputs, repeat_k(targets)) for outputs, targets in o2m_inputs]
+        repeated = repeat_k(o2m_inputs[0][1])
+        o2m_inputs = [(outputs, repeated) for outputs, _ in o2m_inputs]
         one2one = one2many = official_style_match
     else:
         one2one, one2many = HungarianMatcher(), OneToManyMatcher(k=K)
     # Warm-up on a smaller copy: libraries and thread pools loaded, not counted.
     small = make_inputs(1, 1, 20, 2)
     one2one(*small)
+    if kind != "official":
+        one2one.match_layers([small[0], small[0]], small[1])
     # Linux: "5" to clear_refs resets the peak resident set (VmHWM) to the current one.
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
-    for outputs, targets in o2o_inputs:
-        one2one(outputs, targets)
-    for outputs, targets in o2m_inputs:
-        one2many(outputs, targets)
+    if kind == "official":
+        for outputs, targets in o2o_inputs + o2m_inputs:
+            official_style_match(outputs, targets)
+    else:
+        step_as_the_criterion_does(one2one, one2many, o2o_inputs, o2m_inputs)
     queue.put((_status_kib("VmHWM") - before) / 1024.0)  # KiB -> MiB
 
 
@@ -390,8 +419,13 @@ def markdown(records: list, args: argparse.Namespace, load_before: str, load_aft
         "",
         "## One step (7 one-to-one calls on 300 queries + 7 one-to-many calls on 1500, K = 6), ms",
         "",
-        "| threads | batch | objects | hybridmatch | official-style | speed-up | 2 threads / 1 thread (hybridmatch) |",
-        "|---|---|---|---|---|---|---|",
+        "hybridmatch: as `HybridCriterion` matches a step (per group, the 6 decoder layers in one "
+        "`match_layers` call, the encoder's proposals in one call); a call per layer: the same matchers "
+        "called 7 + 7 times.",
+        "",
+        "| threads | batch | objects | hybridmatch | official-style | speed-up | 2 threads / 1 thread (hybridmatch) "
+        "| hybridmatch, a call per layer | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     single = {(r["batch"], r["objects"]): r["hybridmatch_ms"] for r in records if r["threads"] == 1}
     for r in records:
@@ -399,8 +433,11 @@ def markdown(records: list, args: argparse.Namespace, load_before: str, load_aft
         speed = f"{official / r['hybridmatch_ms']:.1f}x" if official else r.get("official_skipped", "-")
         base = single.get((r["batch"], r["objects"]))
         ratio = f"{r['hybridmatch_ms'] / base:.2f}" if base and r["threads"] != 1 else "-"
+        per_layer = r.get("per_layer_ms")
+        per_layer_speed = f"{official / per_layer:.1f}x" if official and per_layer else "-"
         lines.append(
-            f"| {r['threads']} | {r['batch']} | {r['objects']} | {r['hybridmatch_ms']:.1f} | {_ms(official)} | {speed} | {ratio} |"
+            f"| {r['threads']} | {r['batch']} | {r['objects']} | {r['hybridmatch_ms']:.1f} | {_ms(official)} | {speed} "
+            f"| {ratio} | {_ms(per_layer)} | {per_layer_speed} |"
         )
     if any("o2o_cost_ms" in r for r in records):
         lines += [

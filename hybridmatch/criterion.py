@@ -46,7 +46,13 @@ from torch import Tensor
 
 from ._warnings import warn_once
 from .errors import ConfigurationError, InvalidPredictionError, InvalidTargetError, ShapeError
-from .matchers._one2many import CopiesFromCapacity, capacity_of, one2many_matcher_for, override_matcher
+from .matchers._one2many import (
+    CopiesFromCapacity,
+    capacity_of,
+    one2many_matcher_for,
+    override_matcher,
+    precompute_layers,
+)
 from .schemes import ONE2MANY_SUFFIX, HybridBranch, HybridEpoch, HybridLayer, Scheme, Supervision
 from .targets import repeat_targets
 
@@ -650,17 +656,35 @@ class HybridCriterion(torch.nn.Module):
     def _call(
         self, outputs: dict[str, Any], targets: Sequence[Mapping[str, Any]], group: Supervision, **kwargs: Any
     ) -> Mapping[str, Tensor]:
+        """One call of the criterion, its matcher standing in as the group needs.
+
+        Where the matcher is a hybridmatch matcher, the call's decoder layers are matched
+        up front in one batched call (:class:`~hybridmatch.matchers._one2many.PrecomputedMatches`),
+        and the criterion's per-layer calls are answered from it.
+        """
+        layers = self._decoder_layers(outputs)
         if group.k == 1 or self.one2many_matcher is None:
-            return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
-        capacity = capacity_of(self.one2many_matcher)
-        if capacity is not None and capacity != group.k:
-            raise ConfigurationError(
-                f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
-                f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
-            )
-        stand_in = CopiesFromCapacity(self.one2many_matcher, group.k, self.key_map.labels)
+            matcher = getattr(self.criterion, "matcher", None)
+            stand_in = precompute_layers(matcher, matcher, layers, targets) if matcher is not None else None
+            if stand_in is None:
+                return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
+        else:
+            capacity = capacity_of(self.one2many_matcher)
+            if capacity is not None and capacity != group.k:
+                raise ConfigurationError(
+                    f"one2many_matcher lets a target take {capacity} queries but {self.scheme!r} repeats the "
+                    f"targets K={group.k} times; build it with OneToManyMatcher(k={group.k})"
+                )
+            copies = CopiesFromCapacity(self.one2many_matcher, group.k, self.key_map.labels)
+            stand_in = precompute_layers(self.one2many_matcher, copies, layers, targets, copies) or copies
         with override_matcher(self.criterion, stand_in):
             return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
+
+    def _decoder_layers(self, outputs: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The final output and the earlier layers of a call (not the encoder's proposals)."""
+        aux = outputs.get(self.key_map.aux_outputs)
+        earlier = [layer for layer in aux if isinstance(layer, Mapping)] if isinstance(aux, (list, tuple)) else []
+        return [outputs, *earlier]
 
 
 def note_epoch_switch(scheme: Scheme, last_k: int | None, k: int) -> bool:

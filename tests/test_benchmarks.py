@@ -112,6 +112,7 @@ def test_matching_step_benchmark_runs_and_its_peer_is_right(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     (record,) = json.loads(out.read_text())["records"]
     assert record["hybridmatch_ms"] > 0 and record["official_ms"] > 0 and record["call_300_ms"] > 0
+    assert record["per_layer_ms"] > 0
     assert "| 1 | 2 | 7 |" in done.stdout
     # The official-style peer solves the same problem: DETR's indices, equal to HungarianMatcher's.
     sys.path.insert(0, str(STEP_SCRIPT.parent))

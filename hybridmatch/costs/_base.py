@@ -94,6 +94,12 @@ class Cost(abc.ABC):
     output_keys: tuple[str, ...] = ()
     #: The target keys this cost reads (padded by the matcher).
     target_keys: tuple[str, ...] = ()
+    #: True when image ``b``'s rows of the result depend only on image ``b``'s outputs and
+    #: targets and no random number is drawn: then stacking several decoder layers into
+    #: one batch gives each layer the cost it gets alone, and
+    #: :meth:`~hybridmatch.matchers.Matcher.match_layers` computes them in one call. False
+    #: (the safe default for a cost of one's own) makes it call the cost layer by layer.
+    images_independent: bool = False
 
     def __call__(
         self, outputs: Mapping[str, Tensor], targets: Any, shared: Shared | None = None
@@ -124,6 +130,19 @@ class Cost(abc.ABC):
                 work that several terms need (mask costs' point sample) is stored here under
                 a key that says what it is, and reused by the next term.
         """
+
+    def compute_layers(self, layers: Sequence[Mapping[str, Tensor]], targets: Any) -> Tensor | None:
+        """The cost of several layers' outputs against the same targets, or None.
+
+        A cost with a faster way to compute L output dicts of one shape than one by one
+        returns ``Tensor[L * B, N, M]`` (image ``l * B + b`` is layer ``l``'s image ``b``),
+        equal to ``torch.cat([self.compute(layer, targets, {}) for layer in layers])``;
+        inputs are checked by the caller (:meth:`check` on one layer). The default
+        returns None: :meth:`~hybridmatch.matchers.Matcher.match_layers` then concatenates
+        the layers and calls the cost once. :class:`CostSum` computes class + L1 + GIoU
+        sums on the CPU in one native pass over every layer.
+        """
+        return None
 
     def __mul__(self, weight: float) -> CostSum:
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
@@ -188,6 +207,7 @@ class CostSum(Cost):
         self.terms: tuple[tuple[float, Cost], ...] = tuple(flat)
         self.output_keys = _union(cost.output_keys for _, cost in flat)
         self.target_keys = _union(cost.target_keys for _, cost in flat)
+        self.images_independent = all(cost.images_independent for _, cost in flat)
 
     def check(self, outputs: Mapping[str, Tensor], targets: Any) -> None:
         for _, cost in self.terms:
@@ -205,6 +225,11 @@ class CostSum(Cost):
         for weight, cost in rest:
             total = total + weight * cost.compute(outputs, targets, shared)
         return total
+
+    def compute_layers(self, layers: Sequence[Mapping[str, Tensor]], targets: Any) -> Tensor | None:
+        from ._fused import fused_cost
+
+        return fused_cost(self.terms, layers, targets)
 
     def __repr__(self) -> str:
         return f"CostSum({' + '.join(f'{weight!r}*{cost!r}' for weight, cost in self.terms)})"

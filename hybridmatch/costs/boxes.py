@@ -73,6 +73,7 @@ def giou_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
 class _BoxCost(Cost):
     target_keys = ("boxes",)
+    images_independent = True
 
     def __init__(self, key: str) -> None:
         self.key = key

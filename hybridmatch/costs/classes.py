@@ -93,6 +93,8 @@ def focal_class_cost(
 class _ClassCost(Cost):
     """Shared by the class costs: reads ``outputs[key]`` and ``targets.labels``, checks the range."""
 
+    images_independent = True
+
     target_keys = ("labels",)
     #: Logit columns that are not a class (the softmax no-object column).
     _extra_columns = 0

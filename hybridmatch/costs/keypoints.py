@@ -170,6 +170,8 @@ class OKSCost(Cost):
         tensor([[[0.]]])
     """
 
+    images_independent = True
+
     def __init__(
         self,
         sigmas: Sequence[float] | None = None,
@@ -232,6 +234,8 @@ class KeypointL1Cost(Cost):
         >>> KeypointL1Cost()({"pred_keypoints": pred}, {"keypoints": target})
         tensor([[[0.0500]]])
     """
+
+    images_independent = True
 
     def __init__(self, *, key: str = "pred_keypoints", target_key: str = "keypoints") -> None:
         self.key = key

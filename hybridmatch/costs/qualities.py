@@ -41,6 +41,8 @@ class IoUQuality(Cost):
                  [0.6000]]])
     """
 
+    images_independent = True
+
     target_keys = ("boxes",)
 
     def __init__(self, *, key: str = "pred_boxes") -> None:

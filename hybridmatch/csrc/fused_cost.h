@@ -218,14 +218,17 @@ HYBRIDMATCH_INLINE void box_terms_of_target(const BoxColumns& q, int64_t len, co
   }
 }
 
-// Everything one pass reads and writes (see fused_cost_all).
+// Everything one pass reads and writes (see fused_cost_all). Image i of the output
+// reads its queries from tables[i] (N, C) and preds[i] (N, 4), which may lie in different
+// tensors (the decoder layers of Matcher.match_layers), and the targets of image
+// i % target_batch.
 struct FusedProblem {
-  const float* table;
+  const float* const* tables;
   int64_t num_classes;
   const int64_t* labels;
-  const float* pred;
+  const float* const* preds;
   const float* target;
-  int64_t batch, n, m;
+  int64_t batch, target_batch, n, m;
   float w_l1, w_giou;
   bool has_class, has_l1, has_giou, focal;
   float alpha, gamma, w_class;
@@ -256,11 +259,14 @@ HYBRIDMATCH_INLINE void segment_by_rows(const FusedProblem& a, int64_t b, int64_
   const int64_t m = a.m, num_classes = a.num_classes;
   const bool focal = a.focal && a.has_class;
   const int64_t width = static_cast<int64_t>(s.present.size());
+  const int64_t base = b * a.n;  // the image's first row
+  const float* table = a.tables[b] - base * num_classes;
+  const float* pred = a.preds[b] - base * 4;
   if (focal) {  // the focal value of each (query, class present), in one loop
     s.gathered.resize(static_cast<size_t>((last - first) * width));
     s.values.resize(s.gathered.size());
     for (int64_t r = first; r < last; ++r) {
-      const float* logits = a.table + r * num_classes;
+      const float* logits = table + r * num_classes;
       float* into = s.gathered.data() + (r - first) * width;
       for (int64_t u = 0; u < width; ++u) into[u] = logits[s.present[u]];
     }
@@ -268,13 +274,13 @@ HYBRIDMATCH_INLINE void segment_by_rows(const FusedProblem& a, int64_t b, int64_
                  s.values.data());
   }
   for (int64_t row = first; row < last; ++row) {
-    const float* p = a.pred + row * 4;
+    const float* p = pred + row * 4;
     const XYXY q = to_xyxy(p);
     float* o = a.out + row * m;
     // As nan_where_nonfinite: NaN in the rows of non-finite predictions (boxes, focal
     // logits) and the columns of non-finite target boxes.
     bool bad = !(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(p[3]));
-    if (focal && !bad) bad = logits_bad(a.table + row * num_classes, num_classes);
+    if (focal && !bad) bad = logits_bad(table + row * num_classes, num_classes);
     if (bad) {
       std::fill(o, o + m, std::numeric_limits<float>::quiet_NaN());
       continue;
@@ -283,8 +289,8 @@ HYBRIDMATCH_INLINE void segment_by_rows(const FusedProblem& a, int64_t b, int64_
       const float* cls = s.values.data() + (row - first) * width;
       for (int64_t j = 0; j < m; ++j) o[j] = cls[s.slot[j]];
     } else if (a.has_class) {
-      const float* cls = a.table + row * num_classes;
-      const int64_t* lab = a.labels + b * m;
+      const float* cls = table + row * num_classes;
+      const int64_t* lab = a.labels + (b % a.target_batch) * m;
       for (int64_t j = 0; j < m; ++j) o[j] = cls[lab[j]];
     } else {
       std::fill(o, o + m, 0.0f);
@@ -312,16 +318,17 @@ HYBRIDMATCH_INLINE void segment_by_columns(const FusedProblem& a, int64_t b, int
   const int64_t m = a.m, num_classes = a.num_classes, len = last - first;
   const bool focal = a.focal && a.has_class;
   const int64_t width = static_cast<int64_t>(s.present.size());
-  s.queries.load(a.pred + first * 4, len);
+  const float* table = a.tables[b] + (first - b * a.n) * num_classes;  // row `first`
+  s.queries.load(a.preds[b] + (first - b * a.n) * 4, len);
   s.row_bad.resize(static_cast<size_t>(len));
   for (int64_t r = 0; r < len; ++r) {
-    s.row_bad[r] = s.queries.bad[r] || (focal && logits_bad(a.table + (first + r) * num_classes, num_classes));
+    s.row_bad[r] = s.queries.bad[r] || (focal && logits_bad(table + r * num_classes, num_classes));
   }
   if (focal) {  // the focal value of each (class present, query), in one loop
     s.gathered.resize(static_cast<size_t>(width * len));
     s.values.resize(s.gathered.size());
     for (int64_t u = 0; u < width; ++u) {
-      const float* logits = a.table + first * num_classes + s.present[u];
+      const float* logits = table + s.present[u];
       float* into = s.gathered.data() + u * len;
       for (int64_t r = 0; r < len; ++r) into[r] = logits[r * num_classes];
     }
@@ -334,7 +341,7 @@ HYBRIDMATCH_INLINE void segment_by_columns(const FusedProblem& a, int64_t b, int
     if (focal) {
       std::copy_n(s.values.data() + s.slot[j] * len, len, o);
     } else if (a.has_class) {
-      const float* cls = a.table + first * num_classes + a.labels[b * m + j];
+      const float* cls = table + a.labels[(b % a.target_batch) * m + j];
       for (int64_t r = 0; r < len; ++r) o[r] = cls[r * num_classes];
     } else {
       std::fill(o, o + len, 0.0f);
@@ -367,12 +374,13 @@ static void fused_rows(const FusedProblem& a, int64_t begin, int64_t end) {
   for (int64_t first = begin; first < end;) {
     const int64_t b = first / a.n;
     const int64_t last = std::min(end, (b + 1) * a.n);
-    s.targets.load(a.target + b * a.m * 4, a.m);
+    const int64_t t = b % a.target_batch;  // the image's targets
+    s.targets.load(a.target + t * a.m * 4, a.m);
     if (a.focal && a.has_class) {  // the classes present in image b, and each target's place among them
       s.present.clear();
       s.where.assign(static_cast<size_t>(a.num_classes), -1);
       for (int64_t j = 0; j < a.m; ++j) {
-        const int64_t c = a.labels[b * a.m + j];
+        const int64_t c = a.labels[t * a.m + j];
         if (s.where[c] < 0) {
           s.where[c] = static_cast<int64_t>(s.present.size());
           s.present.push_back(c);

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..costs import Cost, CostSum, FocalClassCost, GIoUCost, L1BoxCost, SoftmaxClassCost
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, HybridMatchError
 from ..targets import PER_IMAGE_KEYS
 from .assigners import Hungarian
 from .matcher import Matcher, Matches, assignment_to_repeated
@@ -214,6 +214,11 @@ class CopiesFromCapacity(torch.nn.Module):
     def forward(
         self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any, **kwargs: Any
     ) -> Matches:
+        originals = self.originals(targets)
+        return self.spread(self.matcher(outputs, originals, *args, **kwargs), originals)
+
+    def originals(self, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The original objects of K-times repeated targets (the first M of each image's K * M)."""
         originals = []
         for target in targets:
             m = len(target[self.label_key]) // self.k
@@ -223,11 +228,84 @@ class CopiesFromCapacity(torch.nn.Module):
                     for key, value in target.items()
                 }
             )
-        matches = self.matcher(outputs, originals, *args, **kwargs)
-        out = []
-        for (pred_idx, tgt_idx), target in zip(matches, originals):
-            out.append((pred_idx, spread_over_copies(pred_idx, tgt_idx, len(target[self.label_key]))))
-        return out
+        return originals
+
+    def spread(self, matches: Matches, originals: Sequence[Mapping[str, Any]]) -> Matches:
+        """Matches of the original objects as indices into their K copies (distinct copies)."""
+        return [
+            (pred_idx, spread_over_copies(pred_idx, tgt_idx, len(target[self.label_key])))
+            for (pred_idx, tgt_idx), target in zip(matches, originals)
+        ]
+
+
+class PrecomputedMatches(torch.nn.Module):
+    """Stands in for a criterion's matcher during one criterion call, its layers matched up front.
+
+    A DETR criterion calls its matcher once per decoder layer. Given the layers of a
+    call, this matches them all at once (:meth:`~hybridmatch.matchers.Matcher.match_layers`:
+    one cost computation and one solver call) and answers each of the criterion's calls
+    from those results: a call whose outputs hold the very tensors of a layer (by
+    identity, under the keys the cost reads) and whose targets are the very list given
+    here. Any other call (the encoder's binary targets, a sliced output) goes to
+    ``fallback``, the matcher that would have answered it.
+    """
+
+    def __init__(self, fallback: MatcherLike, keys: Sequence[str], layers: Sequence[Mapping[str, Any]],
+                 targets: Sequence[Mapping[str, Any]], matches: Sequence[Matches]) -> None:
+        super().__init__()
+        self.fallback = fallback
+        self.keys = tuple(keys)
+        self.targets = targets
+        self.layers = list(layers)  # keeps the tensors alive, so that their ids stay theirs
+        self.matches = {self._identity(layer): result for layer, result in zip(self.layers, matches)}
+
+    def _identity(self, outputs: Mapping[str, Any]) -> tuple[int, ...] | None:
+        values = [outputs.get(key) for key in self.keys] if isinstance(outputs, Mapping) else [None]
+        if any(not isinstance(value, Tensor) for value in values):
+            return None
+        return tuple(id(value) for value in values)
+
+    def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any,
+                **kwargs: Any) -> Matches:
+        if targets is self.targets and not args and not kwargs:
+            found = self.matches.get(self._identity(outputs))  # type: ignore[arg-type]
+            if found is not None:
+                return [(pred_idx.clone(), tgt_idx.clone()) for pred_idx, tgt_idx in found]
+        return self.fallback(outputs, targets, *args, **kwargs)
+
+
+def precompute_layers(matcher: Any, fallback: MatcherLike, layers: Sequence[Mapping[str, Any]],
+                      targets: Sequence[Mapping[str, Any]],
+                      copies: CopiesFromCapacity | None = None) -> PrecomputedMatches | None:
+    """A :class:`PrecomputedMatches` for ``layers``, or None where matching them at once does not apply.
+
+    ``matcher`` matches the layers (``copies``: it matches the original objects of the
+    repeated ``targets``, and the results are spread over the copies as ``copies`` does).
+    None when ``matcher`` is not a hybridmatch matcher, there is one layer, the layers
+    cannot be stacked, or matching them fails (the criterion's own calls then raise).
+    """
+    if not isinstance(matcher, Matcher):
+        return None
+    unique: dict[tuple[int, ...], Mapping[str, Any]] = {}
+    for layer in layers:  # a layer passed twice (the last of a run of earlier layers) is matched once
+        key = tuple(id(layer.get(name)) for name in matcher.cost.output_keys)
+        unique.setdefault(key, layer)
+    layers = list(unique.values())
+    if len(layers) < 2:
+        return None
+    if not isinstance(targets, Sequence) or not all(isinstance(target, Mapping) for target in targets):
+        return None
+    try:
+        wanted = copies.originals(targets) if copies is not None else targets
+        padded = matcher.pad(layers[0], wanted)
+        if not matcher._stackable(list(layers), padded.batch_size):
+            return None
+        matches = matcher.match_layers(layers, padded)
+    except HybridMatchError:
+        return None
+    if copies is not None:
+        matches = [copies.spread(result, wanted) for result in matches]
+    return PrecomputedMatches(fallback, matcher.cost.output_keys, layers, targets, matches)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..costs import Cost
 from ..errors import (
+    HybridMatchError,
     InfeasibleError,
     InvalidCostError,
     InvalidPredictionError,
@@ -19,7 +20,7 @@ from ..errors import (
 from ..solvers import assignment_to_pairs
 from ..targets import PaddedTargets, pad_targets, repeated_index
 from ..validation import check_tensor
-from .assigners import Assigner
+from .assigners import Assigner, Groups, Hungarian, TopK
 
 __all__ = ["Matcher", "Matches", "assignment_to_repeated"]
 
@@ -106,6 +107,86 @@ class Matcher(torch.nn.Module):
             raise
 
     @torch.no_grad()
+    def match_layers(
+        self, layers: Sequence[Mapping[str, Tensor]], targets: Targets | PaddedTargets
+    ) -> list[Matches]:
+        """Match several decoder layers' outputs against the same targets, in one call.
+
+        The result is ``[self(layer, targets) for layer in layers]``, index for index. When
+        the layers can be stacked (the outputs the cost reads have one shape, dtype and
+        device in every layer, the cost's :attr:`~hybridmatch.costs.Cost.images_independent`
+        is True, and the assigner is one of hybridmatch's), the targets are padded once and
+        the ``L`` layers are matched as one batch of ``L * B`` images: one cost
+        computation and one solver call, whose threads then have ``L * B`` problems to
+        share. Otherwise each layer is matched on its own. An error names the layer's own
+        image and query, as a call on that layer alone does.
+
+        Args:
+            layers: output dicts (each as :meth:`forward` takes them), such as the final
+                output and the ``aux_outputs`` of a DETR decoder.
+            targets: as :meth:`forward`.
+
+        Returns:
+            One list of B pairs ``(pred_idx, tgt_idx)`` per layer, as :meth:`forward` returns.
+
+        Example:
+            >>> from hybridmatch import HungarianMatcher
+            >>> matcher = HungarianMatcher()
+            >>> layers = [{"pred_logits": torch.zeros(1, 3, 2), "pred_boxes": torch.rand(1, 3, 4)} for _ in range(6)]
+            >>> targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+            >>> matcher.match_layers(layers, targets) == [matcher(layer, targets) for layer in layers]
+            True
+        """
+        if isinstance(layers, Mapping) or not isinstance(layers, Sequence):
+            raise InvalidPredictionError(
+                f"layers must be a list of output dicts, one per decoder layer, got {type(layers).__name__}; "
+                "for one layer, call the matcher itself"
+            )
+        layers = list(layers)
+        if not layers:
+            return []
+        padded = self.pad(layers[0], targets)
+        if not self._stackable(layers, padded.batch_size):
+            return [self(layer, padded) for layer in layers]
+        try:
+            # One check serves every layer: same shapes, same targets.
+            _check_outputs(layers[0], self.cost.output_keys, padded.batch_size)
+            self.cost.check(layers[0], padded)
+            cost = self.cost.compute_layers(layers, padded)
+            if cost is None:
+                stacked = {key: torch.cat([layer[key] for layer in layers]) for key in self.cost.output_keys}
+                cost = self.cost_matrix(stacked, _tile_targets(padded, len(layers)))
+            assignment = self.assigner(cost, padded.num_targets_list * len(layers))
+        except HybridMatchError:
+            for layer in layers:  # the failing layer raises with its own image and query
+                self.match(layer, padded)
+            raise
+        pairs = assignment_to_pairs(assignment.cpu())
+        batch = padded.batch_size
+        return [pairs[i * batch : (i + 1) * batch] for i in range(len(layers))]
+
+    def _stackable(self, layers: list[Mapping[str, Tensor]], batch_size: int) -> bool:
+        """Whether matching the layers as one batch gives each layer its own result."""
+        if len(layers) < 2 or batch_size == 0 or not self.cost.images_independent:
+            return False
+        if type(self.assigner) not in _STACKABLE_ASSIGNERS:
+            return False  # an assigner of one's own may look across images
+        for key in self.cost.output_keys:
+            tensors = [layer.get(key) if isinstance(layer, Mapping) else None for layer in layers]
+            first = tensors[0]
+            if not isinstance(first, Tensor) or first.ndim < 2 or first.shape[0] != batch_size:
+                return False  # the per-layer calls name what is wrong
+            for tensor in tensors[1:]:
+                if (
+                    not isinstance(tensor, Tensor)
+                    or tensor.shape != first.shape
+                    or tensor.dtype != first.dtype
+                    or tensor.device != first.device
+                ):
+                    return False
+        return True
+
+    @torch.no_grad()
     def match_repeated(self, outputs: Mapping[str, Tensor], targets: Targets | PaddedTargets) -> Matches:
         """Match, with target indices into the ground truth repeated K times GT-major.
 
@@ -165,6 +246,22 @@ class Matcher(torch.nn.Module):
         return cost
 
 
+def _tile_targets(padded: PaddedTargets, count: int) -> PaddedTargets:
+    """``padded`` repeated ``count`` times along the batch: image ``i * B + b`` is image ``b``."""
+
+    def tile(tensor: Tensor) -> Tensor:
+        return tensor.repeat(count, *([1] * (tensor.ndim - 1)))
+
+    return PaddedTargets(
+        labels=tile(padded.labels),
+        boxes=None if padded.boxes is None else tile(padded.boxes),
+        valid=tile(padded.valid),
+        num_targets=tile(padded.num_targets),
+        num_targets_list=padded.num_targets_list * count,
+        extras={key: tile(value) for key, value in padded.extras.items()},
+    )
+
+
 def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tensor) -> Tensor:
     """Turn "target of each query" into indices of GT-major repeated targets.
 
@@ -221,6 +318,10 @@ def assignment_to_repeated(assignment: Tensor, num_targets: Sequence[int] | Tens
     positions = torch.arange(num_queries, device=assignment.device).expand(batch, num_queries)
     copy = torch.empty_like(assignment).scatter_(1, order, positions - first)
     return torch.where(assignment >= 0, repeated_index(copy, assignment, counts[:, None]), -1)
+
+
+#: Assigners that solve each image on its own, so that stacking layers changes no result.
+_STACKABLE_ASSIGNERS = (Hungarian, Groups, TopK)
 
 
 def _device_of(outputs: Mapping[str, Tensor], keys: Sequence[str]) -> torch.device | None:

@@ -8,6 +8,7 @@
 // float32 or float64, and turns the status rows into errors.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <atomic>
@@ -170,25 +171,36 @@ using Labels = nb::ndarray<nb::ro, const int64_t, nb::ndim<2>, nb::c_contig, nb:
 using Boxes = nb::ndarray<nb::ro, const float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 using Out = nb::ndarray<float, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 
-// table (B, N, C) float32, weighted class cost per query and class (focal: the raw
-// logits, finite, and the class term w_class * focal(alpha, gamma) computed here); labels (B, M) int64
-// in [0, C) (clamped by the caller); pred (B, N, 4) and target (B, M, 4) float32 cxcywh,
-// finite; out (B, N, M) float32, written here (see csrc/fused_cost.h); images with at most
-// column_max_targets targets are computed target by target (same values).
-void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, double w_l1, double w_giou,
-                          bool has_class, bool has_l1, bool has_giou, bool focal, double alpha, double gamma,
-                          double w_class, int64_t column_max_targets, int64_t num_threads, Out out) {
-  const int64_t batch = pred.shape(0), n = pred.shape(1), m = target.shape(1);
-  if (pred.shape(2) != 4 || target.shape(2) != 4 || static_cast<int64_t>(target.shape(0)) != batch)
-    throw std::invalid_argument("pred and target must be (B, N, 4) and (B, M, 4)");
-  if (static_cast<int64_t>(out.shape(0)) != batch || static_cast<int64_t>(out.shape(1)) != n ||
+// tables: L arrays (B, N, C) float32, the weighted class cost per query and class (focal:
+// the raw logits, and the class term w_class * focal(alpha, gamma) computed here), one per
+// decoder layer; labels (B, M) int64 in [0, C) (clamped by the caller); preds: L arrays
+// (B, N, 4) and target (B, M, 4) float32 cxcywh; out (L * B, N, M) float32, written here
+// (see csrc/fused_cost.h): image l * B + b is layer l's image b against targets b. Images
+// with at most column_max_targets targets are computed target by target (same values).
+void fused_detection_cost(const std::vector<Table>& tables, Labels labels, const std::vector<Boxes>& preds,
+                          Boxes target, double w_l1, double w_giou, bool has_class, bool has_l1, bool has_giou,
+                          bool focal, double alpha, double gamma, double w_class, int64_t column_max_targets,
+                          int64_t num_threads, Out out) {
+  const int64_t layers = static_cast<int64_t>(preds.size());
+  const int64_t batch = target.shape(0), m = target.shape(1);
+  if (layers < 1 || target.shape(2) != 4) throw std::invalid_argument("preds must hold one (B, N, 4) per layer");
+  const int64_t n = preds[0].shape(1);
+  for (const Boxes& pred : preds) {
+    if (static_cast<int64_t>(pred.shape(0)) != batch || static_cast<int64_t>(pred.shape(1)) != n || pred.shape(2) != 4)
+      throw std::invalid_argument("pred and target must be (B, N, 4) and (B, M, 4)");
+  }
+  if (static_cast<int64_t>(out.shape(0)) != layers * batch || static_cast<int64_t>(out.shape(1)) != n ||
       static_cast<int64_t>(out.shape(2)) != m)
-    throw std::invalid_argument("out must be (B, N, M)");
-  const int64_t num_classes = table.shape(2);
+    throw std::invalid_argument("out must be (L * B, N, M)");
+  if (has_class && static_cast<int64_t>(tables.size()) != layers)
+    throw std::invalid_argument("tables must hold one (B, N, C) per layer");
+  const int64_t num_classes = has_class ? static_cast<int64_t>(tables[0].shape(2)) : 1;
   if (has_class) {
-    if (static_cast<int64_t>(table.shape(0)) != batch || static_cast<int64_t>(table.shape(1)) != n ||
-        num_classes < 1)
-      throw std::invalid_argument("table must be (B, N, C) with C >= 1");
+    for (const Table& table : tables) {
+      if (static_cast<int64_t>(table.shape(0)) != batch || static_cast<int64_t>(table.shape(1)) != n ||
+          static_cast<int64_t>(table.shape(2)) != num_classes || num_classes < 1)
+        throw std::invalid_argument("table must be (B, N, C) with C >= 1");
+    }
     if (static_cast<int64_t>(labels.shape(0)) != batch || static_cast<int64_t>(labels.shape(1)) != m)
       throw std::invalid_argument("labels must be (B, M)");
     const int64_t* lab = labels.data();
@@ -196,16 +208,26 @@ void fused_detection_cost(Table table, Labels labels, Boxes pred, Boxes target, 
       if (lab[i] < 0 || lab[i] >= num_classes) throw std::invalid_argument("labels must lie in [0, C)");
     }
   }
+  // Image i = l * B + b reads layer l's image b.
+  std::vector<const float*> table_of(static_cast<size_t>(layers * batch), nullptr);
+  std::vector<const float*> pred_of(static_cast<size_t>(layers * batch));
+  for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t b = 0; b < batch; ++b) {
+      pred_of[l * batch + b] = preds[l].data() + b * n * 4;
+      if (has_class) table_of[l * batch + b] = tables[l].data() + b * n * num_classes;
+    }
+  }
   // A thread is worth starting for about 50k pairs (tens of microseconds of work); the
   // focal term costs about as much per query and class present as four pairs.
-  const int64_t pairs = batch * n * m;
+  const int64_t pairs = layers * batch * n * m;
   const int64_t work = focal && has_class ? 5 * pairs : pairs;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(num_threads, work / 50000));
-  const FusedProblem problem{table.data(),
+  const FusedProblem problem{table_of.data(),
                              num_classes,
                              labels.data(),
-                             pred.data(),
+                             pred_of.data(),
                              target.data(),
+                             layers * batch,
                              batch,
                              n,
                              m,
@@ -241,10 +263,10 @@ NB_MODULE(_lsap, m) {
         nb::arg("maximize"), nb::arg("num_threads"), nb::arg("assignment"), nb::arg("status"),
         nb::call_guard<nb::gil_scoped_release>(),
         "Solve a (B, N, M) batch into assignment (B, N) and status (B, 3), threads over the batch.");
-  m.def("fused_detection_cost", &hybridmatch::fused_detection_cost, nb::arg("table"), nb::arg("labels"),
-        nb::arg("pred"), nb::arg("target"), nb::arg("w_l1"), nb::arg("w_giou"), nb::arg("has_class"),
+  m.def("fused_detection_cost", &hybridmatch::fused_detection_cost, nb::arg("tables"), nb::arg("labels"),
+        nb::arg("preds"), nb::arg("target"), nb::arg("w_l1"), nb::arg("w_giou"), nb::arg("has_class"),
         nb::arg("has_l1"), nb::arg("has_giou"), nb::arg("focal"), nb::arg("alpha"), nb::arg("gamma"),
         nb::arg("w_class"), nb::arg("column_max_targets"), nb::arg("num_threads"), nb::arg("out"),
         nb::call_guard<nb::gil_scoped_release>(),
-        "Class gather + weighted L1 + weighted -GIoU of every (query, target) pair into out (B, N, M).");
+        "Class gather + weighted L1 + weighted -GIoU of every (query, target) pair of every layer into out (L * B, N, M).");
 }
