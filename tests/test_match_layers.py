@@ -162,7 +162,9 @@ def test_builtin_costs_say_whether_images_are_independent() -> None:
 
 # ---------------------------------------------------------------- HybridCriterion matches a call's layers at once
 from hybridmatch import HybridBranch, HybridCriterion, HybridLayer  # noqa: E402
+from hybridmatch.costs import _fused  # noqa: E402
 from hybridmatch.matchers import _one2many  # noqa: E402
+from hybridmatch.targets import pad_targets  # noqa: E402
 
 from .detr_reference import SetCriterion, random_outputs, random_targets  # noqa: E402
 
@@ -205,6 +207,23 @@ def test_the_criterion_matches_each_calls_layers_at_once(monkeypatch: pytest.Mon
     else:  # layers 0-1 one-to-many, 2-3 one-to-one: two calls of the criterion, two layers each
         assert sorted(shape[0] for shape in batched) == [3, 6, 6]
         assert len(calls) == 3 + 2 + 1  # the last one-to-many layer is passed twice
+
+
+def test_outputs_that_require_grad_take_the_native_path_and_keep_their_graph() -> None:
+    counts = [3, 1]
+    outputs = random_outputs(8, 2, N1 + N2, CLASSES, num_aux=2, requires_grad=True)
+    targets = random_targets(8, counts, CLASSES)
+    criterion = HybridCriterion(SetCriterion(CLASSES), HybridBranch(N1, N2, k=2), one2many_matcher="derive")
+    losses = criterion(outputs, targets)
+    sum(losses.values()).backward()
+    assert outputs["pred_boxes"].grad is not None and outputs["aux_outputs"][0]["pred_logits"].grad is not None
+    every = [outputs, *outputs["aux_outputs"]]
+    layers = [{key: layer[key] for key in ("pred_logits", "pred_boxes")} for layer in every]  # contiguous, with grad
+    detached = [{key: value.detach() for key, value in layer.items()} for layer in layers]
+    matcher = HungarianMatcher()
+    with torch.no_grad():
+        assert _fused.fused_cost(matcher.cost.terms, layers, pad_targets(targets)) is not None
+        assert same(matcher.match_layers(layers, targets), [matcher(layer, targets) for layer in detached])
 
 
 def test_calls_it_did_not_prepare_go_to_the_matcher(monkeypatch: pytest.MonkeyPatch) -> None:
