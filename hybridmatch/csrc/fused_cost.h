@@ -1,11 +1,13 @@
 // hybridmatch's fused detection cost on the CPU: class + L1 + GIoU in one pass over the
 // (query, target) pairs of a batch, float32 throughout, no (B, N, M, 4) intermediates.
 //
-// out[b, n, m] = table[b, n, labels[b, m]] + w_l1 * L1(p, t) + w_giou * (-GIoU(p, t))
+// out[i, n, m] = table_i[n, labels[b, m]] + w_l1 * L1(p, t) + w_giou * (-GIoU(p, t))
 //
-// where table (B, N, C) holds the weighted class cost of every query and class (computed
-// by the caller with the same formula as the pairwise class costs, so this is a gather),
-// p = pred[b, n] and t = target[b, m] are cxcywh boxes. The GIoU follows
+// for image i = l * B + b: layer l's image b (Matcher.match_layers passes several decoder
+// layers, each read where it lies) against targets b. table_i (N, C) holds the weighted
+// class cost of every query and class (computed by the caller with the same formula as
+// the pairwise class costs, so this is a gather; focal: the raw logits, the focal term
+// computed here), p = pred_i[n] and t = target[b, m] are cxcywh boxes. The GIoU follows
 // hybridmatch/boxes.py (_overlaps, _giou): clamped widths, 0 where a ratio's denominator
 // is not positive, the empty part clamped at 0. Non-finite boxes (and focal logits) give NaN
 // in their rows and columns, as the torch path's nan_where_nonfinite.

@@ -1,4 +1,4 @@
-"""A one-to-many matcher standing in for another criterion's matcher.
+"""Matchers standing in for another criterion's matcher: one-to-many, and a call's layers at once.
 
 :class:`~hybridmatch.criterion.HybridCriterion` can match the K copies of the targets
 with a capacity-K matcher instead of the wrapped criterion's own matcher. This module
@@ -10,6 +10,9 @@ holds what that needs, next to the matchers it is about:
   a foreign one) or derives it (``"derive"``);
 * :class:`CopiesFromCapacity` adapts it to the criterion's call: it receives the repeated
   targets, matches the original objects and hands back indices into the copies;
+* :class:`PrecomputedMatches` (built by :func:`precompute_layers`) answers the
+  criterion's per-layer matcher calls of one call from a single
+  :meth:`~hybridmatch.matchers.Matcher.match_layers` call made before it;
 * :func:`override_matcher` installs such a stand-in as ``criterion.matcher`` for one call
   and restores the original afterwards, also on error.
 """
