@@ -665,7 +665,7 @@ class HybridCriterion(torch.nn.Module):
         layers = self._decoder_layers(outputs)
         if group.k == 1 or self.one2many_matcher is None:
             matcher = getattr(self.criterion, "matcher", None)
-            stand_in = precompute_layers(matcher, matcher, layers, targets) if matcher is not None else None
+            stand_in = precompute_layers(matcher, matcher, layers, targets) if _settable_matcher(self.criterion) else None
             if stand_in is None:
                 return _check_result(self.criterion(outputs, targets, **kwargs), "criterion")
         else:
@@ -810,6 +810,17 @@ def weighted_loss(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]
 
 
 # --------------------------------------------------------------------- private helpers
+
+
+def _settable_matcher(criterion: object) -> bool:
+    """Whether ``criterion.matcher`` exists and can be replaced for a call (set to itself to find out)."""
+    if not hasattr(criterion, "matcher"):
+        return False
+    try:
+        criterion.matcher = criterion.matcher  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
+    return True
 
 
 def _check_targets_list(targets: object, label_key: str) -> None:

@@ -254,3 +254,46 @@ def test_a_failing_layer_raises_from_the_criterions_own_call() -> None:
         criterion(outputs, random_targets(4, counts, CLASSES))
     assert _one2many.precompute_layers(HungarianMatcher(), None, [outputs, outputs["aux_outputs"][1]],
                                        random_targets(4, counts, CLASSES)) is None
+
+
+def test_targets_or_outputs_changed_before_the_matcher_call_are_matched_anew() -> None:
+    class EditingCriterion(SetCriterion):
+        """Shifts the target boxes (a new tensor) and edits the logits in place before matching."""
+
+        def forward(self, outputs, targets):  # type: ignore[no-untyped-def]
+            for target in targets:
+                target["boxes"] = (target["boxes"] + 0.05).clamp(0.0, 1.0)
+            outputs["aux_outputs"][0]["pred_logits"].mul_(-1.0)
+            return super().forward(outputs, targets)
+
+    counts = [3, 2]
+    made = [random_targets(6, counts, CLASSES) for _ in range(2)]
+    outputs = [random_outputs(6, 2, N1, CLASSES, num_aux=2) for _ in range(2)]
+    scheme = HybridLayer(num_one2many_layers=0, k=2)  # one-to-one only: the criterion's own matcher
+    batched = HybridCriterion(EditingCriterion(CLASSES), scheme)(outputs[0], made[0])
+    plain = EditingCriterion(CLASSES)(outputs[1], made[1])  # no wrapper: every layer matched when asked
+    assert batched.keys() == plain.keys()
+    assert all(torch.equal(batched[key], plain[key]) for key in plain)
+
+
+def test_a_criterion_whose_matcher_cannot_be_replaced_is_called_as_it_is() -> None:
+    class ReadOnly:
+        """A criterion of one's own whose matcher is a read-only property."""
+
+        def __init__(self) -> None:
+            self._inner = SetCriterion(CLASSES)
+            self.weight_dict = {f"{key}{layer}": weight for key, weight in (("loss_ce", 1.0), ("loss_bbox", 5.0),
+                                ("loss_giou", 2.0)) for layer in ("", "_0", "_1")}
+
+        @property
+        def matcher(self):  # type: ignore[no-untyped-def]
+            return self._inner.matcher
+
+        def __call__(self, outputs, targets):  # type: ignore[no-untyped-def]
+            return self._inner(outputs, targets)
+
+    counts = [2, 1]
+    outputs, targets = random_outputs(9, 2, N1, CLASSES, num_aux=2), random_targets(9, counts, CLASSES)
+    losses = HybridCriterion(ReadOnly(), HybridLayer(num_one2many_layers=0, k=2))(outputs, targets)
+    plain = SetCriterion(CLASSES)(outputs, targets)
+    assert losses.keys() == plain.keys() and all(torch.equal(losses[key], plain[key]) for key in plain)

@@ -249,8 +249,10 @@ class PrecomputedMatches(torch.nn.Module):
     one cost computation and one solver call) and answers each of the criterion's calls
     from those results: a call whose outputs hold the very tensors of a layer (by
     identity, under the keys the cost reads) and whose targets are the very list given
-    here. Any other call (the encoder's binary targets, a sliced output) goes to
-    ``fallback``, the matcher that would have answered it.
+    here, with nothing in either replaced or changed in place since (each tensor's
+    identity and version counter are compared). Any other call (the encoder's binary
+    targets, a sliced output, targets the criterion edited) goes to ``fallback``, the
+    matcher that would have answered it.
     """
 
     def __init__(self, fallback: MatcherLike, keys: Sequence[str], layers: Sequence[Mapping[str, Any]],
@@ -259,22 +261,31 @@ class PrecomputedMatches(torch.nn.Module):
         self.fallback = fallback
         self.keys = tuple(keys)
         self.targets = targets
+        self.targets_state = _state_of_targets(targets)
         self.layers = list(layers)  # keeps the tensors alive, so that their ids stay theirs
         self.matches = {self._identity(layer): result for layer, result in zip(self.layers, matches)}
 
-    def _identity(self, outputs: Mapping[str, Any]) -> tuple[int, ...] | None:
+    def _identity(self, outputs: Mapping[str, Any]) -> tuple[tuple[int, int], ...] | None:
         values = [outputs.get(key) for key in self.keys] if isinstance(outputs, Mapping) else [None]
         if any(not isinstance(value, Tensor) for value in values):
             return None
-        return tuple(id(value) for value in values)
+        return tuple((id(value), value._version) for value in values)
 
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any,
                 **kwargs: Any) -> Matches:
-        if targets is self.targets and not args and not kwargs:
+        if targets is self.targets and not args and not kwargs and _state_of_targets(targets) == self.targets_state:
             found = self.matches.get(self._identity(outputs))  # type: ignore[arg-type]
             if found is not None:
                 return [(pred_idx.clone(), tgt_idx.clone()) for pred_idx, tgt_idx in found]
         return self.fallback(outputs, targets, *args, **kwargs)
+
+
+def _state_of_targets(targets: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """What a matcher reads of the targets, as identities: each dict's keys and tensors (with their versions)."""
+    return tuple(
+        tuple((key, id(value), value._version if isinstance(value, Tensor) else None) for key, value in target.items())
+        for target in targets
+    )
 
 
 def precompute_layers(matcher: Any, fallback: MatcherLike, layers: Sequence[Mapping[str, Any]],
