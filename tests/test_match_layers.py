@@ -146,6 +146,14 @@ def test_an_error_names_the_layers_own_image_and_query() -> None:
     assert "[1, 5]" in str(stacked.value)
 
 
+def test_no_images_and_one_layer() -> None:
+    matcher = HungarianMatcher()
+    empty = [{"pred_logits": torch.zeros(0, 5, 3), "pred_boxes": torch.zeros(0, 5, 4)} for _ in range(3)]
+    assert matcher.match_layers(empty, []) == [[], [], []]
+    layers, targets = layers_of(4, [2, 3], 1, 6)
+    assert same(matcher.match_layers(layers, targets), [matcher(layers[0], targets)])
+
+
 def test_layers_must_be_a_list_of_dicts() -> None:
     layers, targets = layers_of(2, [1], 2, 4)
     with pytest.raises(InvalidPredictionError, match="list of output dicts"):
