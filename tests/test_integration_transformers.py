@@ -500,3 +500,24 @@ def test_epoch_switch_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
         model(pixel_values=pixel_values, labels=labels)
     switched = [record for record in caplog.records if "switched from one-to-many (K=3)" in record.getMessage()]
     assert len(switched) == 1
+
+
+@pytest.mark.parametrize("scheme", [HybridLayer(k=K, num_one2many_layers=0), HybridEpoch(k=K, one2many_fraction=0.5, total_epochs=2)],
+                         ids=["one-to-one", "one-to-many"])
+def test_the_decoder_layers_are_matched_in_one_solver_call(monkeypatch: pytest.MonkeyPatch, scheme: object) -> None:
+    import hybridmatch.matchers.assigners as assigners
+
+    model = _tiny_model("detr")
+    pixel_values, labels = _inputs()
+    expected = _own_loss(model, pixel_values, labels if isinstance(scheme, HybridLayer) else _repeated(labels, K))
+    calls: list = []
+    solve = assigners.batched_linear_sum_assignment
+    monkeypatch.setattr(assigners, "batched_linear_sum_assignment",
+                        lambda cost, *a, **k: calls.append(tuple(cost.shape)) or solve(cost, *a, **k))
+    install_hybrid_loss(model, copy.deepcopy(scheme))
+    with torch.no_grad():
+        actual = model(pixel_values=pixel_values, labels=labels)
+    _assert_losses_equal(actual.loss_dict, expected.loss_dict)
+    # The final layer and 2 auxiliary ones of 2 images: one solve of 6 problems (capacity K, not K copies).
+    assert [shape[0] for shape in calls] == [3 * len(labels)]
+    assert calls[0][2] == max(len(label["class_labels"]) for label in labels)

@@ -59,7 +59,7 @@ from ..costs import CostSum, MaskBCECost, MaskDiceCost, SoftmaxClassCost
 from ..criterion import HybridCriterion, KeyMap, note_epoch_switch
 from ..errors import ConfigurationError, InvalidTargetError
 from ..matchers import HungarianMatcher, Matches, OneToManyMatcher
-from ..matchers._one2many import CopiesFromCapacity, override_matcher
+from ..matchers._one2many import CopiesFromCapacity, MatcherView, override_matcher
 from ..schemes import HybridBranch, HybridEpoch, HybridLayer
 from ..targets import repeat_targets
 from ..validation import NanPolicy
@@ -709,18 +709,30 @@ class _HuggingFaceMatcher(torch.nn.Module):
         return self.matcher.capacity
 
     def forward(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> Matches:
-        renamed_outputs = {"pred_logits": outputs["logits"], "pred_boxes": outputs["pred_boxes"]}
+        renamed_targets = self._targets(targets)
+        try:
+            return self.matcher(self._outputs(outputs), renamed_targets)
+        except InvalidTargetError as error:  # name transformers' key, not hybridmatch's
+            raise InvalidTargetError(str(error).replace("['labels']", "['class_labels']")) from None
+
+    def hybridmatch_view(self) -> MatcherView:
+        """The wrapped matcher with this renaming: :class:`~hybridmatch.HybridCriterion` matches a
+        call's decoder layers at once through it."""
+        return MatcherView(self.matcher, self._outputs, self._targets)
+
+    @staticmethod
+    def _outputs(outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {"pred_logits": outputs["logits"], "pred_boxes": outputs["pred_boxes"]}
+
+    @staticmethod
+    def _targets(targets: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
         for index, target in enumerate(targets):
             if "class_labels" not in target or "boxes" not in target:
                 raise InvalidTargetError(
                     f"labels[{index}] has keys {sorted(target)}; transformers' detection models need "
                     "'class_labels' (Tensor[M] int64) and 'boxes' (Tensor[M, 4], cxcywh normalised)"
                 )
-        renamed_targets = [{"labels": t["class_labels"], "boxes": t["boxes"]} for t in targets]
-        try:
-            return self.matcher(renamed_outputs, renamed_targets)
-        except InvalidTargetError as error:  # name transformers' key, not hybridmatch's
-            raise InvalidTargetError(str(error).replace("['labels']", "['class_labels']")) from None
+        return [{"labels": t["class_labels"], "boxes": t["boxes"]} for t in targets]
 
 
 class _Mask2FormerMatcher(torch.nn.Module):

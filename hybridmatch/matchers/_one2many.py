@@ -255,29 +255,63 @@ class PrecomputedMatches(torch.nn.Module):
     matcher that would have answered it.
     """
 
-    def __init__(self, fallback: MatcherLike, keys: Sequence[str], layers: Sequence[Mapping[str, Any]],
+    def __init__(self, fallback: MatcherLike, view: MatcherView, layers: Sequence[Mapping[str, Any]],
                  targets: Sequence[Mapping[str, Any]], matches: Sequence[Matches]) -> None:
         super().__init__()
         self.fallback = fallback
-        self.keys = tuple(keys)
+        self.view = view
         self.targets = targets
         self.targets_state = _state_of_targets(targets)
         self.layers = list(layers)  # keeps the tensors alive, so that their ids stay theirs
-        self.matches = {self._identity(layer): result for layer, result in zip(self.layers, matches)}
-
-    def _identity(self, outputs: Mapping[str, Any]) -> tuple[tuple[int, int], ...] | None:
-        values = [outputs.get(key) for key in self.keys] if isinstance(outputs, Mapping) else [None]
-        if any(not isinstance(value, Tensor) for value in values):
-            return None
-        return tuple((id(value), value._version) for value in values)
+        self.matches = {self.view.identity(layer): result for layer, result in zip(self.layers, matches)}
 
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], *args: Any,
                 **kwargs: Any) -> Matches:
         if targets is self.targets and not args and not kwargs and _state_of_targets(targets) == self.targets_state:
-            found = self.matches.get(self._identity(outputs))  # type: ignore[arg-type]
+            found = self.matches.get(self.view.identity(outputs))  # type: ignore[arg-type]
             if found is not None:
                 return [(pred_idx.clone(), tgt_idx.clone()) for pred_idx, tgt_idx in found]
         return self.fallback(outputs, targets, *args, **kwargs)
+
+
+class MatcherView:
+    """A hybridmatch :class:`~hybridmatch.matchers.Matcher` as a criterion calls it.
+
+    ``outputs`` and ``targets`` turn the criterion's outputs dict and target dicts into
+    the matcher's (a matcher speaking other keys, such as transformers', renames them
+    without copying a tensor); a matcher of that kind provides ``hybridmatch_view()``
+    returning one of these.
+    """
+
+    def __init__(self, matcher: Matcher,
+                 outputs: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+                 targets: Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]] | None = None) -> None:
+        self.matcher = matcher
+        self.outputs = outputs if outputs is not None else _unchanged
+        self.targets = targets if targets is not None else _unchanged
+
+    def identity(self, outputs: Mapping[str, Any]) -> tuple[tuple[int, int], ...] | None:
+        """The tensors the cost reads, as (id, version) pairs; None if one is missing."""
+        try:
+            renamed = self.outputs(outputs) if isinstance(outputs, Mapping) else None
+        except (KeyError, TypeError):
+            return None
+        values = [renamed.get(key) for key in self.matcher.cost.output_keys] if isinstance(renamed, Mapping) else [None]
+        if any(not isinstance(value, Tensor) for value in values):
+            return None
+        return tuple((id(value), value._version) for value in values)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _view_of(matcher: Any) -> MatcherView | None:
+    if isinstance(matcher, Matcher):
+        return MatcherView(matcher)
+    make = getattr(matcher, "hybridmatch_view", None)
+    view = make() if callable(make) else None
+    return view if isinstance(view, MatcherView) else None
 
 
 def _state_of_targets(targets: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
@@ -295,31 +329,38 @@ def precompute_layers(matcher: Any, fallback: MatcherLike, layers: Sequence[Mapp
 
     ``matcher`` matches the layers (``copies``: it matches the original objects of the
     repeated ``targets``, and the results are spread over the copies as ``copies`` does).
-    None when ``matcher`` is not a hybridmatch matcher, there is one layer, the layers
-    cannot be stacked, or matching them fails (the criterion's own calls then raise).
+    It is a hybridmatch matcher, or a matcher that speaks other keys and provides
+    ``hybridmatch_view()`` (a :class:`MatcherView`). None when it is neither, there is one
+    layer, the layers cannot be stacked, or matching them fails (the criterion's own calls
+    then raise).
     """
-    if not isinstance(matcher, Matcher):
+    view = _view_of(matcher)
+    if view is None:
         return None
-    unique: dict[tuple[int, ...], Mapping[str, Any]] = {}
+    if not isinstance(targets, Sequence) or not all(isinstance(target, Mapping) for target in targets):
+        return None
+    unique: dict[Any, Mapping[str, Any]] = {}
     for layer in layers:  # a layer passed twice (the last of a run of earlier layers) is matched once
-        key = tuple(id(layer.get(name)) for name in matcher.cost.output_keys)
+        key = view.identity(layer)
+        if key is None:
+            return None  # the criterion's own calls name what is missing
         unique.setdefault(key, layer)
     layers = list(unique.values())
     if len(layers) < 2:
         return None
-    if not isinstance(targets, Sequence) or not all(isinstance(target, Mapping) for target in targets):
-        return None
+    inner = view.matcher
     try:
         wanted = copies.originals(targets) if copies is not None else targets
-        padded = matcher.pad(layers[0], wanted)
-        if not matcher._stackable(list(layers), padded.batch_size):
+        renamed = [view.outputs(layer) for layer in layers]
+        padded = inner.pad(renamed[0], view.targets(wanted))
+        if not inner._stackable(renamed, padded.batch_size):
             return None
-        matches = matcher.match_layers(layers, padded)
-    except HybridMatchError:
+        matches = inner.match_layers(renamed, padded)
+    except (HybridMatchError, KeyError, TypeError):
         return None
     if copies is not None:
         matches = [copies.spread(result, wanted) for result in matches]
-    return PrecomputedMatches(fallback, matcher.cost.output_keys, layers, targets, matches)
+    return PrecomputedMatches(fallback, view, layers, targets, matches)
 
 
 @contextlib.contextmanager
