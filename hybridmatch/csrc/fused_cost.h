@@ -119,8 +119,10 @@ inline float focal_of(float logit, float alpha, float gamma) {
 // float lanes instead of 4: the focal term about 2x (v3) and 3.5x (v4) faster. The
 // helpers are forced inline so that they are compiled into each version; with no
 // floating-point contraction (CMakeLists.txt) every version gives the same bits.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && \
-    !defined(HYBRIDMATCH_NO_SIMD_CLONES)
+// GCC 11 names the x86-64-v3/v4 levels; the load-time choice is an ifunc, which glibc has
+// (musl does not).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__ELF__) && \
+    defined(__GLIBC__) && !defined(HYBRIDMATCH_NO_SIMD_CLONES)
 #define HYBRIDMATCH_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HYBRIDMATCH_SIMD_CLONES
